@@ -1,0 +1,56 @@
+# The two set-up commands of the README: `make lab` and `make test`. Both create .venv and install
+# on first use (and again whenever pyproject.toml or constraints.txt change).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lorakit-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# Notebook outputs are compared digit for digit: fix the CPU thread count so they do not depend on
+# how many cores the machine has.
+export OMP_NUM_THREADS := 2
+export MKL_NUM_THREADS := 2
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+.PHONY: lab test lint unit notebooks notebook execute bench constraints clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: on a machine with a local CPU wheel this takes it (seconds); elsewhere
+	# PyPI's default build for the platform (CUDA on Linux x86-64).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[course,dev]"
+	touch $(STAMP)
+
+## Set up (first time) and open the course in JupyterLab.
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+## Set up (first time) and run every check: ruff, pytest, nbval (strict) on all notebooks.
+test: $(STAMP) lint unit notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check lorakit tests bench scripts notebooks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q $(NBVAL) $(NOTEBOOKS)
+
+## One notebook's checks: make notebook NB=notebooks/01_lora_forward.ipynb
+notebook: $(STAMP)
+	$(BIN)/python -m pytest -q $(NBVAL) $(NB)
+
+## Re-execute notebooks in place (after lorakit changes what they print): make execute [NB=...]
+execute: $(STAMP)
+	$(BIN)/python scripts/execute_notebooks.py $(or $(NB),$(NOTEBOOKS))
+
+## Benchmarks (not tests): results go to bench/results/.
+bench: $(STAMP)
+	$(BIN)/python bench/lora_overhead.py
+
+constraints: $(STAMP)
+	(head -3 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu//') > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
