@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 ## Set up (first time) and open the course in JupyterLab.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 ## Set up (first time) and run every check: ruff, pytest, nbval (strict) on all notebooks.
 test: $(STAMP) lint unit notebooks

@@ -17,12 +17,6 @@ from lorakit.models import TinyLM, TinyLMConfig
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_lm(seed: int = 0) -> TinyLM:

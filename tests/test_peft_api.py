@@ -26,13 +26,6 @@ pytestmark = [
 PREFIX = "base_model.model."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one intra-op thread is many times faster than several on a busy 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_llama(seed: int = 0) -> nn.Module:
