@@ -8,20 +8,13 @@ import os
 
 import pytest
 import torch
+from builders import tiny_lm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import lorakit
-from lorakit.models import TinyLM, TinyLMConfig
 
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
-
-
-
-
-def tiny_lm(seed: int = 0) -> TinyLM:
-    torch.manual_seed(seed)
-    return TinyLM(TinyLMConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16)).eval()
 
 
 def snapshot(model: nn.Module) -> dict:

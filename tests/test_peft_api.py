@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from builders import tiny_llama, tiny_lm
 from safetensors.torch import load_file
 from torch import nn
 
 import lorakit
-from lorakit.models import TinyLM, TinyLMConfig
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -24,22 +24,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*"),
 ]
 PREFIX = "base_model.model."
-
-
-
-
-def tiny_llama(seed: int = 0) -> nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def tiny_lm(seed: int = 0) -> TinyLM:
-    torch.manual_seed(seed)
-    return TinyLM(TinyLMConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16)).eval()
 
 
 IDS = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(1))

@@ -17,11 +17,11 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
+from builders import tiny_llama, tiny_lm  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 
 import lorakit  # noqa: E402
-from lorakit.models import TinyLM, TinyLMConfig  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
@@ -31,28 +31,12 @@ pytestmark = [
 PREFIX = "base_model.model."
 
 
-
-
 TOL = 1e-5
 TARGETS = {
     "qv": ["q_proj", "v_proj"],
     "all-linear": "all-linear",
     "regex": r".*\.(k_proj|o_proj|down_proj)",
 }
-
-
-def tiny_llama(seed: int = 0) -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def tiny_lm(seed: int = 0) -> TinyLM:
-    torch.manual_seed(seed)
-    return TinyLM(TinyLMConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16)).eval()
 
 
 def input_ids(vocab: int = 64, seed: int = 1) -> torch.Tensor:
