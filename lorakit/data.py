@@ -101,6 +101,10 @@ def make_batch(words: list[str], task: str = "caesar") -> Batch:
     """Encode ``words`` as examples of ``task`` (one of :data:`TASKS`)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    if isinstance(words, str) or not isinstance(words, (list, tuple)) or not words:
+        raise TypeError(f"words must be a non-empty list of strings, got {type(words).__name__}")
+    if any(not isinstance(w, str) or not 1 <= len(w) <= MAX_WORD_LEN for w in words):
+        raise ValueError(f"every word must be a string of 1-{MAX_WORD_LEN} letters (the sequence length is fixed)")
     sep, shift = TASKS[task]
     n = len(words)
     input_ids = torch.full((n, SEQ_LEN), PAD_ID, dtype=torch.long)
@@ -137,6 +141,10 @@ def evaluate(model: torch.nn.Module, batch: Batch, chunk: int = 1024) -> dict[st
     Because every answer letter is a deterministic function of the prompt, greedy decoding gives the
     same exact-match as teacher forcing on the argmax (a wrong letter is already a miss).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch must be a lorakit.data.Batch, got {type(batch).__name__}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

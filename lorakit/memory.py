@@ -149,6 +149,10 @@ def saved_activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]
     Counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once, so it is exact
     and the same on CPU and CUDA. Gradient checkpointing shows up as fewer saved bytes.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(forward):
+        raise TypeError(f"forward must be a callable taking no arguments, got {type(forward).__name__}")
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 

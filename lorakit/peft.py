@@ -122,11 +122,20 @@ def _is_target(name: str, module: nn.Module, targets: Sequence[str] | str) -> bo
 
 def find_target_modules(model: nn.Module, target_modules: Sequence[str] | str) -> list[str]:
     """Names of the ``nn.Linear`` modules ``target_modules`` selects (PEFT's matching rules)."""
+    _check_model(model)
+    if not isinstance(target_modules, (str, Sequence)) or not all(isinstance(t, str) for t in target_modules):
+        raise TypeError(f"target_modules must be a list of names or a regex string, got {target_modules!r}")
     return [name for name, mod in model.named_modules() if name and _is_target(name, mod, target_modules)]
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """``{module name: LoRALinear}`` for every LoRA layer in ``model``."""
+    _check_model(model)
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, LoRALinear)}
 
 
@@ -142,8 +151,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     unchanged, when nothing matches (the message lists the Linear layers that exist) or when the
     model already has LoRA layers.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_model(model)
     if not isinstance(config, LoRAConfig):
         raise TypeError(f"config must be a LoRAConfig, got {type(config).__name__}")
     if lora_layers(model):
@@ -173,6 +181,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts (each parameter tensor counted once)."""
+    _check_model(model)
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
@@ -270,6 +279,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     shapes, another rank, a corrupted or truncated file) a ValueError names the problem and the
     model is left unchanged.
     """
+    _check_model(model)
     directory = Path(directory)
     config, tensors = _read_adapter(directory)
     existing = lora_layers(model)
