@@ -48,6 +48,8 @@ execute: $(STAMP)
 ## Benchmarks (not tests): results go to bench/results/.
 bench: $(STAMP)
 	$(BIN)/python bench/lora_overhead.py
+	$(BIN)/python bench/nf4.py
+	$(BIN)/python bench/dora.py
 
 constraints: $(STAMP)
 	(head -3 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu//') > constraints.new && mv constraints.new constraints.txt

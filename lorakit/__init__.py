@@ -1,7 +1,9 @@
 """lorakit: the small, tested PyTorch package behind the lorakit course (see DESIGN.md).
 
 One concept per module: ``functional`` (LoRA forward + hand-derived backward), ``lora``
-(``LoRALinear``), ``peft`` (model-level API in PEFT's format), ``memory`` (byte accounting),
+(``LoRALinear``), ``peft`` (model-level API in PEFT's format), ``dora`` (``DoRALinear``), ``adalora``
+(``SVDLinear`` + ``RankAllocator``), ``nf4`` (the 4-bit NormalFloat format, bit-exact with
+bitsandbytes), ``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``memory`` (byte accounting),
 ``models``/``data`` (the course's tiny pretrained LM and its Caesar task), ``training``,
 ``check`` (exercise feedback) and ``widgets``.
 """
@@ -10,8 +12,12 @@ from __future__ import annotations
 
 import torch
 
+from lorakit._bnb import quiet_kernels_warning
+from lorakit.adalora import AdaLoRAConfig, RankAllocator, SVDLinear, apply_adalora, orthogonal_regularization
+from lorakit.dora import DoRALinear
 from lorakit.functional import lora_linear
 from lorakit.lora import LoRALinear, MergeWarning, RankWarning, lora_scaling
+from lorakit.nf4 import NF4_OFFSET, QuantizedTensor, bits_per_parameter, dequantize_nf4, nf4_code, quantize_nf4
 from lorakit.peft import (
     LoRAConfig,
     apply_lora,
@@ -23,9 +29,12 @@ from lorakit.peft import (
     trainable_parameters,
     unmerge_lora,
 )
+from lorakit.qlora import QLoRALinear, apply_qlora, merge_qlora
 from lorakit.training import seed_everything
 
 __version__ = "0.1.0"
+
+quiet_kernels_warning()  # bitsandbytes' "missing optional kernels" log line would land in notebooks' stderr
 
 
 def device() -> torch.device:
@@ -34,7 +43,9 @@ def device() -> torch.device:
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergeWarning", "RankWarning", "apply_lora", "device", "load_adapter",
-    "lora_layers", "lora_linear", "lora_scaling", "merge_and_unload", "merge_lora", "save_adapter",
-    "seed_everything", "trainable_parameters", "unmerge_lora", "__version__",
+    "NF4_OFFSET", "AdaLoRAConfig", "DoRALinear", "LoRAConfig", "LoRALinear", "MergeWarning", "QLoRALinear",
+    "QuantizedTensor", "RankAllocator", "RankWarning", "SVDLinear", "apply_adalora", "apply_lora", "apply_qlora",
+    "bits_per_parameter", "dequantize_nf4", "device", "load_adapter", "lora_layers", "lora_linear", "lora_scaling",
+    "merge_and_unload", "merge_lora", "merge_qlora", "nf4_code", "orthogonal_regularization", "quantize_nf4",
+    "save_adapter", "seed_everything", "trainable_parameters", "unmerge_lora", "__version__",
 ]

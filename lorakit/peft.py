@@ -5,9 +5,12 @@
 Hugging Face PEFT's on-disk format, so PEFT can load what lorakit saves and the other way round
 (``tests/test_peft_crosscheck.py``)::
 
-    adapter_config.json          {"peft_type": "LORA", "r": 8, "lora_alpha": 8, ...}
+    adapter_config.json          {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "use_dora": false, ...}
     adapter_model.safetensors    base_model.model.<module path>.lora_A.weight  [r, in]
                                  base_model.model.<module path>.lora_B.weight  [out, r]
+                                 base_model.model.<module path>.lora_magnitude_vector  [out]  (DoRA only)
+
+``LoRAConfig(use_dora=True)`` makes the layers :class:`~lorakit.dora.DoRALinear` (notebook 09).
 
 Loading never unpickles anything: safetensors and JSON only.
 """
@@ -26,11 +29,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lorakit.dora import DoRALinear
 from lorakit.lora import INITS, LoRALinear, lora_scaling, validate_lora_args
+from lorakit.nf4 import QuantizedTensor
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
+#: PEFT's key suffix for a DoRA layer's magnitude vector (no ``.weight``).
+MAGNITUDE_KEY = "lora_magnitude_vector"
 #: PEFT's default target modules for LLaMA-family models (``q_proj``, ``v_proj``).
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
 #: ``init`` name <-> PEFT's ``init_lora_weights`` value.
@@ -44,6 +51,7 @@ class LoRAConfig:
     ``target_modules``: a list of module-name suffixes (``"q_proj"`` matches ``layers.0.self_attn.q_proj``),
     a regular expression string matched against the full module name (``re.fullmatch``, as PEFT),
     or ``"all-linear"`` (every ``nn.Linear`` except the output head ``lm_head``).
+    ``use_dora=True``: DoRA layers (:class:`~lorakit.dora.DoRALinear`) instead of LoRA ones.
     """
 
     r: int = 8
@@ -52,11 +60,14 @@ class LoRAConfig:
     target_modules: Sequence[str] | str = field(default_factory=lambda: list(DEFAULT_TARGETS))
     rslora: bool = False
     init: str = "kaiming"
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
         validate_lora_args(self.r, self.alpha, self.dropout, self.init)
         if not isinstance(self.rslora, bool):
             raise TypeError(f"rslora must be a bool, got {self.rslora!r}")
+        if not isinstance(self.use_dora, bool):
+            raise TypeError(f"use_dora must be a bool, got {self.use_dora!r}")
         targets = self.target_modules
         if isinstance(targets, str):
             try:
@@ -79,7 +90,7 @@ class LoRAConfig:
             "lora_dropout": self.dropout,
             "target_modules": self.target_modules,
             "use_rslora": self.rslora,
-            "use_dora": False,
+            "use_dora": self.use_dora,
             "init_lora_weights": _INIT_TO_PEFT[self.init],
             "bias": "none",
             "fan_in_fan_out": False,
@@ -93,7 +104,7 @@ class LoRAConfig:
         if raw.get("peft_type") != "LORA":
             raise ValueError(f"adapter_config.json: peft_type must be 'LORA', got {raw.get('peft_type')!r}")
         unsupported = {
-            "use_dora": False, "bias": "none", "fan_in_fan_out": False, "modules_to_save": None,
+            "bias": "none", "fan_in_fan_out": False, "modules_to_save": None,
             "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
         }
         for key, ok in unsupported.items():
@@ -107,7 +118,8 @@ class LoRAConfig:
         if targets is None:
             raise ValueError("adapter_config.json: target_modules is missing")
         return cls(r=raw["r"], alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),
-                   target_modules=targets, rslora=bool(raw.get("use_rslora", False)), init=init)
+                   target_modules=targets, rslora=bool(raw.get("use_rslora", False)), init=init,
+                   use_dora=bool(raw.get("use_dora", False)))
 
 
 def _is_target(name: str, module: nn.Module, targets: Sequence[str] | str) -> bool:
@@ -169,21 +181,41 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
         too_small = [n for n in names if config.r > min(model.get_submodule(n).weight.shape)]
         if too_small:
             raise ValueError(f"init='pissa' needs r={config.r} <= min(in, out) for every target; not for {too_small}")
+    if config.use_dora:  # DoRALinear's only other error (a zero row has no direction): check all first
+        zero = [n for n in names if (model.get_submodule(n).weight.detach().norm(dim=1) == 0).any()]
+        if zero:
+            raise ValueError(f"use_dora=True needs nonzero weight rows (DoRA normalises each row); zero rows in {zero}")
     for p in model.parameters():
         p.requires_grad_(False)
+    layer_cls = DoRALinear if config.use_dora else LoRALinear
     for name in names:
         base = model.get_submodule(name)
-        new = LoRALinear(base, config.r, config.alpha, config.dropout, config.rslora, config.init)
+        new = layer_cls(base, config.r, config.alpha, config.dropout, config.rslora, config.init)
         _set_submodule(model, name, new)
     model.lora_config = config  # type: ignore[assignment]
     return model
 
 
+def _weight_count(p: torch.Tensor) -> int:
+    """Model weights a parameter holds: bitsandbytes' ``Params4bit`` packs two per byte (its numel is bytes)."""
+    quant_state = getattr(p, "quant_state", None)
+    shape = getattr(quant_state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts (each parameter tensor counted once)."""
+    """``(trainable, total)`` counts of model weights (each parameter tensor counted once).
+
+    A 4-bit base (notebook 08) counts as the weights it stores, not its bytes: ``total`` is the same for a
+    model and its QLoRA version. That covers lorakit's ``NF4Linear`` (its ``quantized`` weight is not a
+    parameter) and bitsandbytes' ``Params4bit`` (whose ``numel()`` is the packed byte count).
+    """
     _check_model(model)
     params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    quantized = {id(q): q for m in model.modules() if isinstance(q := getattr(m, "quantized", None), QuantizedTensor)}
+    frozen_4bit = sum(q.numel for q in quantized.values())
+    return (sum(p.numel() for p in params if p.requires_grad),
+            sum(_weight_count(p) for p in params) + frozen_4bit)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -214,11 +246,13 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors under PEFT's key names (``base_model.model.<name>.lora_A.weight``)."""
+    """The adapter tensors under PEFT's key names (``base_model.model.<name>.lora_A.weight``, DoRA's magnitude)."""
     state = {}
     for name, layer in lora_layers(model).items():
         state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().contiguous()
         state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+        if isinstance(layer, DoRALinear):
+            state[f"{PEFT_PREFIX}{name}.{MAGNITUDE_KEY}"] = layer.magnitude.detach().contiguous()
     return state
 
 
@@ -237,6 +271,9 @@ def save_adapter(model: nn.Module, directory: str | Path, config: LoRAConfig | N
     mismatched = [n for n, layer in layers.items() if layer.r != config.r]
     if mismatched:
         raise ValueError(f"config.r={config.r} but layers {mismatched} have another rank")
+    mismatched = [n for n, layer in layers.items() if isinstance(layer, DoRALinear) != config.use_dora]
+    if mismatched:
+        raise ValueError(f"config.use_dora={config.use_dora} but layers {mismatched[:6]} are of the other kind")
     if config.target_modules == "all-linear":
         # PEFT drops only a transformers model's output layer for "all-linear"; write the suffixes
         # explicitly so every loader adapts exactly these layers (PEFT does the same when it saves).
@@ -294,8 +331,15 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             raise ValueError(f"the adapter has r={config.r} but the model's LoRA layer {name} has r={mod.r}")
         if existing and mod.merged:
             raise ValueError(f"LoRA layer {name} is merged; unmerge before loading another adapter")
+        if existing and isinstance(mod, DoRALinear) != config.use_dora:
+            raise ValueError(f"the adapter has use_dora={config.use_dora} but the model's layer {name} is a "
+                             f"{type(mod).__name__}")
         expected[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (config.r, in_f)
         expected[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (out_f, config.r)
+        if config.use_dora:
+            expected[f"{PEFT_PREFIX}{name}.{MAGNITUDE_KEY}"] = (out_f,)
+    if config.use_dora and not any(k.endswith(MAGNITUDE_KEY) for k in tensors):
+        raise ValueError(f"adapter_config.json has use_dora=True but the weights hold no {MAGNITUDE_KEY} tensors")
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -307,11 +351,14 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             raise ValueError(f"{key} must hold finite floating-point values")
     if not existing:
         init_ok = config.init if config.init != "pissa" else "zeros"  # weights are overwritten below
-        apply_lora(model, LoRAConfig(config.r, config.alpha, config.dropout, names, config.rslora, init_ok))
+        apply_lora(model, LoRAConfig(config.r, config.alpha, config.dropout, names, config.rslora, init_ok,
+                                     config.use_dora))
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
             layer.lora_A.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"])
             layer.lora_B.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"])
+            if isinstance(layer, DoRALinear):
+                layer.magnitude.copy_(tensors[f"{PEFT_PREFIX}{name}.{MAGNITUDE_KEY}"])
             layer.alpha, layer.rslora, layer.dropout = config.alpha, config.rslora, config.dropout
             layer.scaling = lora_scaling(config.r, config.alpha, config.rslora)
     model.lora_config = config  # type: ignore[assignment]
@@ -319,7 +366,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 
 
 __all__ = [
-    "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "DEFAULT_TARGETS", "INITS", "LoRAConfig", "adapter_state_dict",
-    "apply_lora", "find_target_modules", "load_adapter", "lora_layers", "merge_and_unload", "merge_lora",
-    "save_adapter", "trainable_parameters", "unmerge_lora",
+    "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "DEFAULT_TARGETS", "INITS", "MAGNITUDE_KEY", "LoRAConfig",
+    "adapter_state_dict", "apply_lora", "find_target_modules", "load_adapter", "lora_layers", "merge_and_unload",
+    "merge_lora", "save_adapter", "trainable_parameters", "unmerge_lora",
 ]

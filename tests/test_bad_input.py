@@ -285,7 +285,7 @@ BROKEN = [
     (_missing_r, "adapter_config.json is not a valid LoRA adapter config"),
     (_string_r, "adapter_config.json is not a valid LoRA adapter config"),
     (_prefix_tuning, "peft_type must be 'LORA', got 'PREFIX_TUNING'"),
-    (_dora, "use_dora=True is not supported"),
+    (_dora, "use_dora=True"),
     (_lora_bias, "bias='all' is not supported"),
     (_missing_weights, "has no adapter_model.safetensors"),
     (_missing_config, "has no adapter_config.json"),
