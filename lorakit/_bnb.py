@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
-
 #: The logger bitsandbytes' CPU backend warns on when the optional ``kernels`` package is missing.
 KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"
 

@@ -478,3 +478,33 @@ def test_triplet_score_function_and_bad_shapes():
     with pytest.raises(ValueError, match="tinit"):
         budget_schedule(0, 10, 5, tinit=5, tfinal=5, deltaT=1, total_step=10)
     assert budget_schedule(7, 10, 5, tinit=0, tfinal=0, deltaT=1, total_step=10) == (5, True)
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.cuda
+def test_cuda_allocator_matches_cpu():
+    import copy
+
+    cfg = AdaLoRAConfig(init_r=4, target_r=1, tinit=1, tfinal=2, deltaT=2, total_step=8, target_modules=ALL)
+    cpu = model_with_grads(cfg)
+    gpu = copy.deepcopy(cpu).cuda()
+    for p_gpu, p_cpu in zip(gpu.parameters(), cpu.parameters(), strict=True):  # deepcopy drops .grad
+        if p_cpu.grad is not None:
+            p_gpu.grad = p_cpu.grad.cuda()
+    assert all(layer.lora_E.grad.is_cuda for layer in adalora_layers(gpu).values())
+    alloc_cpu, alloc_gpu = RankAllocator.from_config(cpu), RankAllocator.from_config(gpu)
+    for step in (1, 2):
+        ranks_cpu = alloc_cpu.update_and_allocate(cpu, step)
+        ranks_gpu = alloc_gpu.update_and_allocate(gpu, step)
+        for key, value in alloc_cpu.exp_avg_ipt.items():
+            assert alloc_gpu.exp_avg_ipt[key].is_cuda
+            torch.testing.assert_close(alloc_gpu.exp_avg_ipt[key].cpu(), value, rtol=1e-4, atol=1e-7)
+    assert sum(ranks_gpu.values()) == sum(ranks_cpu.values()) == alloc_cpu.budget(2)
+    reg_cpu, reg_gpu = orthogonal_regularization(cpu), orthogonal_regularization(gpu)
+    assert reg_gpu.is_cuda
+    torch.testing.assert_close(reg_gpu.cpu(), reg_cpu, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        out = gpu(torch.randint(0, 32, (2, 8), device="cuda"))
+    assert out.is_cuda and torch.isfinite(out).all()

@@ -386,3 +386,14 @@ def test_save_load_round_trip_in_lorakit(tmp_path):
     x = torch.randn(4, 6)
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
+
+
+@pytest.mark.cuda
+def test_cuda_apply_lora_with_dora_trains():
+    from builders import tiny_lm
+
+    model = lorakit.apply_lora(tiny_lm().cuda(), LoRAConfig(r=4, target_modules="all-linear", use_dora=True))
+    ids = torch.randint(0, 32, (2, 8), device="cuda")
+    model(ids).float().square().mean().backward()
+    layers = lorakit.lora_layers(model).values()
+    assert layers and all(isinstance(m, DoRALinear) and m.magnitude.grad.is_cuda for m in layers)
