@@ -41,7 +41,6 @@ budget follows PEFT's cubic schedule: ``init_budget`` up to ``tinit``, then
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from torch import nn
 
 from lorakit.data import Batch, evaluate, lm_loss
 from lorakit.lora import LoRALinear, MergeWarning, validate_lora_args
-from lorakit.peft import DEFAULT_TARGETS, find_target_modules
+from lorakit.peft import DEFAULT_TARGETS, check_model, check_target_modules, select_target_modules, set_submodule
 
 #: PEFT adds this to ``ranknum`` before dividing (``SVDLinear.forward``): ``scaling / (r + 1e-5)``.
 RANKNUM_EPS = 1e-5
@@ -229,14 +228,9 @@ class SVDLinear(nn.Module):
         )
 
 
-def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-
-
 def adalora_layers(model: nn.Module) -> dict[str, SVDLinear]:
     """``{module name: SVDLinear}`` for every AdaLoRA layer in ``model`` (named_modules order)."""
-    _check_model(model)
+    check_model(model)
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, SVDLinear)}
 
 
@@ -498,16 +492,7 @@ class AdaLoRAConfig:
             raise TypeError(f"orth_reg_weight must be a number >= 0, got {type(w).__name__} {w!r}")
         if not (w >= 0 and math.isfinite(w)):
             raise ValueError(f"orth_reg_weight must be a finite number >= 0, got {w}")
-        targets = self.target_modules
-        if isinstance(targets, str):
-            try:
-                re.compile(targets)
-            except re.error as err:
-                raise ValueError(f"target_modules is not a valid regex: {targets!r} ({err})") from None
-        elif not (isinstance(targets, Sequence) and targets and all(isinstance(t, str) and t for t in targets)):
-            raise TypeError(f"target_modules must be a non-empty list of names or a regex string, got {targets!r}")
-        else:
-            self.target_modules = list(targets)
+        self.target_modules = check_target_modules(self.target_modules)
 
     def to_peft_dict(self) -> dict:
         """Keyword arguments for ``peft.AdaLoraConfig(**d)`` (and its ``adapter_config.json`` keys)."""
@@ -532,11 +517,6 @@ class AdaLoRAConfig:
         }
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 def apply_adalora(model: nn.Module, config: AdaLoRAConfig) -> nn.Module:
     """Replace the targeted ``nn.Linear`` layers by :class:`SVDLinear` (rank ``init_r``), in place.
 
@@ -544,22 +524,16 @@ def apply_adalora(model: nn.Module, config: AdaLoRAConfig) -> nn.Module:
     :meth:`RankAllocator.from_config`). Raises ValueError, leaving the model unchanged, when nothing
     matches or the model already has adapters.
     """
-    _check_model(model)
+    check_model(model)
     if not isinstance(config, AdaLoRAConfig):
         raise TypeError(f"config must be an AdaLoRAConfig, got {type(config).__name__}")
     if any(isinstance(m, (SVDLinear, LoRALinear)) for m in model.modules()):
         raise ValueError("model already has adapter layers (SVDLinear or LoRALinear); apply_adalora adds one set")
-    names = find_target_modules(model, config.target_modules)
-    if not names:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(
-            f"target_modules={config.target_modules!r} matched no nn.Linear in the model; "
-            f"its Linear layers are: {linears}"
-        )
+    names = select_target_modules(model, config.target_modules)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
-        _set_submodule(model, name, SVDLinear(model.get_submodule(name), config.init_r, config.alpha, config.dropout))
+        set_submodule(model, name, SVDLinear(model.get_submodule(name), config.init_r, config.alpha, config.dropout))
     model.adalora_config = config  # type: ignore[assignment]
     return model
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.functional import check_lora_inputs
 from lorakit.lora import LoRALinear, MergeWarning
 
 __all__ = ["DoRALinear", "dora_linear", "dora_weight_norm", "magnitude_direction_change"]
@@ -53,27 +54,13 @@ def _check_inputs(
     x: Tensor, weight: Tensor, bias: Tensor | None, A: Tensor, B: Tensor, magnitude: Tensor, scaling: float,
     dropout_p: float,
 ) -> None:
-    if not all(isinstance(t, Tensor) for t in (x, weight, A, B, magnitude)):
-        raise TypeError("x, weight, A, B and magnitude must be torch.Tensor")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-    if weight.dim() != 2 or A.dim() != 2 or B.dim() != 2:
-        raise ValueError(f"weight, A, B must be 2-D, got {weight.dim()}-D, {A.dim()}-D, {B.dim()}-D")
-    out_f, in_f = weight.shape
-    if x.shape[-1] != in_f:
-        raise ValueError(f"x has {x.shape[-1]} features in its last dim but weight expects {in_f}")
-    if A.shape[1] != in_f or B.shape[0] != out_f or A.shape[0] != B.shape[1]:
-        raise ValueError(f"expected A [r, {in_f}] and B [{out_f}, r]; got A {tuple(A.shape)} and B {tuple(B.shape)}")
+    """LoRA's input checks (:func:`lorakit.functional.lora_linear`) plus the magnitude vector's."""
+    if not isinstance(magnitude, Tensor):
+        raise TypeError(f"magnitude must be a torch.Tensor, got {type(magnitude).__name__}")
+    check_lora_inputs(x, weight, bias, A, B, scaling, dropout_p)
+    out_f = weight.shape[0]
     if magnitude.shape != (out_f,):
         raise ValueError(f"magnitude must have shape ({out_f},) (one per output row), got {tuple(magnitude.shape)}")
-    if bias is not None and bias.shape != (out_f,):
-        raise ValueError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
-        raise TypeError(f"scaling must be a Python number, got {type(scaling).__name__}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        raise TypeError(f"dropout_p must be a number in [0, 1), got {type(dropout_p).__name__}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
 
 
 def dora_linear(

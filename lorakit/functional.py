@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 
 
-def _check_inputs(
+def check_lora_inputs(
     x: Tensor, weight: Tensor, bias: Tensor | None, A: Tensor, B: Tensor, scaling: float, dropout_p: float
 ) -> None:
+    """TypeError/ValueError naming the argument unless :func:`lora_linear`'s inputs fit together (shared with DoRA)."""
     if not all(isinstance(t, Tensor) for t in (x, weight, A, B)):
         raise TypeError("x, weight, A and B must be torch.Tensor")
     if not x.is_floating_point():
@@ -115,7 +116,7 @@ def lora_linear(
     (probability ``dropout_p``, only when ``training``) acts on the bypass input only, never on the
     base path. Notebook 01 derives the backward and checks it against autograd and ``gradcheck``.
     """
-    _check_inputs(x, weight, bias, A, B, scaling, dropout_p)
+    check_lora_inputs(x, weight, bias, A, B, scaling, dropout_p)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     mask, keep_scale = None, 1.0

@@ -439,7 +439,7 @@ def _scale_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) ->
     if full:
         values[:full].view(-1, blocksize).mul_(absmax[: full // blocksize].unsqueeze(1))
     if rem:
-        values[full:].mul_(absmax[-1])
+        values[full:].mul_(absmax[full // blocksize])
     return values
 
 
@@ -490,14 +490,7 @@ _CPU_CHUNK_BYTES = 1 << 18
 def _scale_into(values: torch.Tensor, absmax: torch.Tensor, blocksize: int, out: torch.Tensor) -> None:
     """``out[i] = values[i] * absmax[i // blocksize]`` (float32 product, then cast). ``values`` starts a block
     and is overwritten; the cast is a separate copy, much faster on CPU than a multiply that casts."""
-    n = values.numel()
-    rem = n % blocksize
-    full = n - rem
-    if full:
-        values[:full].view(-1, blocksize).mul_(absmax[: full // blocksize].unsqueeze(1))
-    if rem:
-        values[full:].mul_(absmax[full // blocksize])
-    out.copy_(values)
+    out.copy_(_scale_blocks(values, absmax, blocksize))
 
 
 def dequantize_4bit(q: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:

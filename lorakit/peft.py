@@ -68,16 +68,7 @@ class LoRAConfig:
             raise TypeError(f"rslora must be a bool, got {self.rslora!r}")
         if not isinstance(self.use_dora, bool):
             raise TypeError(f"use_dora must be a bool, got {self.use_dora!r}")
-        targets = self.target_modules
-        if isinstance(targets, str):
-            try:
-                re.compile(targets)
-            except re.error as err:
-                raise ValueError(f"target_modules is not a valid regex: {targets!r} ({err})") from None
-        elif not (isinstance(targets, Sequence) and targets and all(isinstance(t, str) and t for t in targets)):
-            raise TypeError(f"target_modules must be a non-empty list of names or a regex string, got {targets!r}")
-        else:
-            self.target_modules = list(targets)
+        self.target_modules = check_target_modules(self.target_modules)
 
     def to_peft_dict(self) -> dict:
         """The ``adapter_config.json`` contents PEFT expects."""
@@ -122,6 +113,19 @@ class LoRAConfig:
                    use_dora=bool(raw.get("use_dora", False)))
 
 
+def check_target_modules(targets: object) -> Sequence[str] | str:
+    """A config's ``target_modules`` (LoRAConfig, AdaLoRAConfig), validated: a regex string as is, a list copied."""
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as err:
+            raise ValueError(f"target_modules is not a valid regex: {targets!r} ({err})") from None
+        return targets
+    if not (isinstance(targets, Sequence) and targets and all(isinstance(t, str) and t for t in targets)):
+        raise TypeError(f"target_modules must be a non-empty list of names or a regex string, got {targets!r}")
+    return list(targets)
+
+
 def _is_target(name: str, module: nn.Module, targets: Sequence[str] | str) -> bool:
     if not isinstance(module, nn.Linear):
         return False
@@ -134,24 +138,37 @@ def _is_target(name: str, module: nn.Module, targets: Sequence[str] | str) -> bo
 
 def find_target_modules(model: nn.Module, target_modules: Sequence[str] | str) -> list[str]:
     """Names of the ``nn.Linear`` modules ``target_modules`` selects (PEFT's matching rules)."""
-    _check_model(model)
+    check_model(model)
     if not isinstance(target_modules, (str, Sequence)) or not all(isinstance(t, str) for t in target_modules):
         raise TypeError(f"target_modules must be a list of names or a regex string, got {target_modules!r}")
     return [name for name, mod in model.named_modules() if name and _is_target(name, mod, target_modules)]
 
 
-def _check_model(model: object) -> None:
+def select_target_modules(model: nn.Module, target_modules: Sequence[str] | str) -> list[str]:
+    """:func:`find_target_modules`, raising ValueError (listing the model's Linear layers) when nothing matches."""
+    names = find_target_modules(model, target_modules)
+    if not names:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(
+            f"target_modules={target_modules!r} matched no nn.Linear in the model; its Linear layers are: {linears}"
+        )
+    return names
+
+
+def check_model(model: object) -> None:
+    """TypeError unless ``model`` is an ``nn.Module`` (every model-level function starts with this)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """``{module name: LoRALinear}`` for every LoRA layer in ``model``."""
-    _check_model(model)
+    check_model(model)
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, LoRALinear)}
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule ``name`` (a dotted path) of ``model`` by ``new``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -163,20 +180,14 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     unchanged, when nothing matches (the message lists the Linear layers that exist) or when the
     model already has LoRA layers.
     """
-    _check_model(model)
+    check_model(model)
     if not isinstance(config, LoRAConfig):
         raise TypeError(f"config must be a LoRAConfig, got {type(config).__name__}")
     if lora_layers(model):
         raise ValueError(
             "model already has LoRA layers; apply_lora twice would stack adapters (use load_adapter to swap them)"
         )
-    names = find_target_modules(model, config.target_modules)
-    if not names:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(
-            f"target_modules={config.target_modules!r} matched no nn.Linear in the model; "
-            f"its Linear layers are: {linears}"
-        )
+    names = select_target_modules(model, config.target_modules)
     if config.init == "pissa":  # the only LoRALinear error left after LoRAConfig's checks: check all first
         too_small = [n for n in names if config.r > min(model.get_submodule(n).weight.shape)]
         if too_small:
@@ -191,7 +202,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     for name in names:
         base = model.get_submodule(name)
         new = layer_cls(base, config.r, config.alpha, config.dropout, config.rslora, config.init)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     model.lora_config = config  # type: ignore[assignment]
     return model
 
@@ -210,7 +221,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     model and its QLoRA version. That covers lorakit's ``NF4Linear`` (its ``quantized`` weight is not a
     parameter) and bitsandbytes' ``Params4bit`` (whose ``numel()`` is the packed byte count).
     """
-    _check_model(model)
+    check_model(model)
     params = {id(p): p for p in model.parameters()}.values()
     quantized = {id(q): q for m in model.modules() if isinstance(q := getattr(m, "quantized", None), QuantizedTensor)}
     frozen_4bit = sum(q.numel for q in quantized.values())
@@ -239,7 +250,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for name, layer in lora_layers(model).items():
         if not layer.merged:
             layer.merge()
-        _set_submodule(model, name, layer.base)
+        set_submodule(model, name, layer.base)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
@@ -316,7 +327,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     shapes, another rank, a corrupted or truncated file) a ValueError names the problem and the
     model is left unchanged.
     """
-    _check_model(model)
+    check_model(model)
     directory = Path(directory)
     config, tensors = _read_adapter(directory)
     existing = lora_layers(model)
@@ -367,6 +378,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "DEFAULT_TARGETS", "INITS", "MAGNITUDE_KEY", "LoRAConfig",
-    "adapter_state_dict", "apply_lora", "find_target_modules", "load_adapter", "lora_layers", "merge_and_unload",
-    "merge_lora", "save_adapter", "trainable_parameters", "unmerge_lora",
+    "adapter_state_dict", "apply_lora", "check_model", "check_target_modules", "find_target_modules", "load_adapter",
+    "lora_layers", "merge_and_unload", "merge_lora", "save_adapter", "select_target_modules", "set_submodule",
+    "trainable_parameters", "unmerge_lora",
 ]

@@ -45,7 +45,7 @@ from torch import nn
 
 from lorakit import nf4
 from lorakit.lora import LoRALinear, MergeWarning
-from lorakit.peft import LoRAConfig, find_target_modules, lora_layers
+from lorakit.peft import LoRAConfig, check_model, lora_layers, select_target_modules, set_submodule
 
 BACKENDS = ("lorakit", "bitsandbytes")
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -479,14 +479,8 @@ def merge_error(layer: QLoRALinear, x: torch.Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------- model level
 def qlora_layers(model: nn.Module) -> dict[str, QLoRALinear]:
     """``{module name: QLoRALinear}`` for every QLoRA layer in ``model``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, QLoRALinear)}
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def apply_qlora(
@@ -505,23 +499,16 @@ def apply_qlora(
     factors. ``model.lora_config`` is set, so :func:`lorakit.peft.save_adapter` works unchanged and writes
     the same keys as a LoRA adapter on the same model. Bad arguments raise before the model changes.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)
     if not isinstance(config, LoRAConfig):
         raise TypeError(f"config must be a LoRAConfig, got {type(config).__name__}")
-    if getattr(config, "use_dora", False):
+    if config.use_dora:
         raise ValueError("config.use_dora=True is not supported by apply_qlora (QLoRA trains plain LoRA factors)")
     _check_quant_args(blocksize, double_quant, compute_dtype, backend)
     _check_dtype("adapter_dtype", adapter_dtype, ADAPTER_DTYPES)
     if lora_layers(model):
         raise ValueError("model already has LoRA layers; apply_qlora would stack adapters")
-    names = find_target_modules(model, config.target_modules)
-    if not names:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(
-            f"target_modules={config.target_modules!r} matched no nn.Linear in the model; "
-            f"its Linear layers are: {linears}"
-        )
+    names = select_target_modules(model, config.target_modules)
     new_layers = {}
     for name in names:  # build every layer first: any error leaves the model's structure unchanged
         base = model.get_submodule(name)
@@ -532,7 +519,7 @@ def apply_qlora(
     for p in model.parameters():
         p.requires_grad_(False)
     for name, layer in new_layers.items():
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
     model.lora_config = config  # type: ignore[assignment]
@@ -557,7 +544,7 @@ def merge_qlora(model: nn.Module, requantize: bool = False, dtype: torch.dtype |
     for name, layer in layers.items():
         if layer.merged:
             layer.unmerge()
-        _set_submodule(model, name, layer.merge(requantize=requantize, dtype=dtype))
+        set_submodule(model, name, layer.merge(requantize=requantize, dtype=dtype))
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
