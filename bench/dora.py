@@ -24,21 +24,30 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import sys
-from pathlib import Path
 
 import peft
 import torch
-from lora_overhead import OneLayer, loss_fn, machine_info, make_step, resolve_device
+from common import (
+    DTYPES,
+    OneLayer,
+    add_run_arguments,
+    check_run_arguments,
+    header_lines,
+    machine_info,
+    make_step,
+    outputs_and_input_grads,
+    relative_max_abs_diff,
+    report_head,
+    require_agreement,
+    resolve_device,
+    write_report,
+)
 from torch import nn
 
 import lorakit
 from lorakit.dora import DoRALinear
 from lorakit.timing import measure_interleaved
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 VARIANTS = ("lora", "dora", "peft_dora", "dora_again")
 
 
@@ -69,12 +78,7 @@ def check_equivalence(layers: dict[str, nn.Module], x: torch.Tensor) -> dict[str
     """Relative max abs differences lorakit DoRA vs PEFT DoRA; RuntimeError above 1e-4 (fp32) or 3e-2 (bf16)."""
     ours, theirs = layers["dora"], layers["peft_dora"]
     pl = theirs.base_model.model.proj
-    results = []
-    for model in (ours, theirs):
-        xi = x.detach().clone().requires_grad_(True)
-        out = model(xi)
-        loss_fn(out).backward()
-        results.append((out.detach(), xi.grad))
+    results = outputs_and_input_grads((ours, theirs), x)
     pairs = {
         "output": (results[0][0], results[1][0]),
         "grad_x": (results[0][1], results[1][1]),
@@ -82,13 +86,8 @@ def check_equivalence(layers: dict[str, nn.Module], x: torch.Tensor) -> dict[str
         "grad_B": (ours.lora_B.grad, pl.lora_B["default"].weight.grad),
         "grad_magnitude": (ours.magnitude.grad, pl.lora_magnitude_vector["default"].weight.grad),
     }
-    errors = {}
-    for name, (a, b) in pairs.items():
-        a, b = a.float(), b.float()
-        errors[name] = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-    tol = 1e-4 if x.dtype == torch.float32 else 3e-2
-    if max(errors.values()) > tol:
-        raise RuntimeError(f"lorakit and PEFT DoRA disagree beyond {tol} (relative max abs difference): {errors}")
+    errors = relative_max_abs_diff(pairs)
+    require_agreement(errors, 1e-4 if x.dtype == torch.float32 else 3e-2, "lorakit and PEFT DoRA")
     ours.zero_grad(set_to_none=True)
     theirs.zero_grad(set_to_none=True)
     return errors
@@ -116,19 +115,12 @@ def bench_one(d: int, r: int, tokens: int, dtype: torch.dtype, device: torch.dev
 
 
 def markdown(report: dict[str, object]) -> str:
-    cfg, info, rows = report["config"], report["machine"], report["results"]
-    lines = [
-        f"# DoRA training-step benchmark ({cfg['device']}, {cfg['dtype']})",
-        "",
-        f"- created: {report['created']}; command: `{report['command']}`",
-        f"- device: {info['device_name']}; torch {info['torch']}, peft {info['peft']}, "
-        f"transformers {info['transformers']}, lorakit {info['lorakit']}; torch threads {info['torch_threads']}, "
-        f"CPU count {info['cpu_count']}; platform {info['platform']}",
-        f"- tokens per step {cfg['tokens']}, repeats {cfg['repeats']}, warm-up {cfg['warmup']}, seed {cfg['seed']}"
-        + (" (**--quick smoke settings: not a result**)" if cfg["quick"] else ""),
-    ]
-    if cfg.get("note"):
-        lines.append(f"- note: {cfg['note']}")
+    cfg, rows = report["config"], report["results"]
+    lines = header_lines(
+        report, f"DoRA training-step benchmark ({cfg['device']}, {cfg['dtype']})",
+        ("torch", "peft", "transformers", "lorakit"),
+        f"tokens per step {cfg['tokens']}, repeats {cfg['repeats']}, warm-up {cfg['warmup']}, seed {cfg['seed']}",
+    )
     lines += [
         "",
         "Ratios of median step times from one interleaved run (< 1: the numerator is faster). A/A is lorakit's DoRA "
@@ -155,25 +147,20 @@ def markdown(report: dict[str, object]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="layer widths d (d x d)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[8], help="ranks r (alpha = 2r)")
     parser.add_argument("--tokens", type=int, default=512, help="rows of x per step")
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per variant")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's choice")
-    parser.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: d=256, r=8, 128 tokens, 3 repeats")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="result JSON (a .md is written next to it); default bench/results/dora_<device>.json "
-                        "for fp32 (dora_<device>_<dtype>.json otherwise), none with --quick")
+    add_run_arguments(
+        parser, device="auto", repeats=10, warmup=2, threads=None,
+        quick_help="smoke test: d=256, r=8, 128 tokens, 3 repeats",
+        out_help="result JSON (a .md is written next to it); default bench/results/dora_<device>.json "
+        "for fp32 (dora_<device>_<dtype>.json otherwise), none with --quick",
+    )
     args = parser.parse_args(argv)
-    if any(v <= 0 for v in args.sizes + args.ranks) or args.tokens <= 0 or args.repeats <= 0 or args.warmup < 0:
-        parser.error("--sizes, --ranks, --tokens, --repeats must be positive and --warmup >= 0")
-    if args.threads is not None and args.threads <= 0:
-        parser.error("--threads must be a positive int")
+    if any(v <= 0 for v in args.sizes + args.ranks) or args.tokens <= 0:
+        parser.error("--sizes, --ranks and --tokens must be positive")
+    check_run_arguments(parser, args)
     if args.quick:
         args.sizes, args.ranks, args.tokens, args.repeats, args.warmup = [256], [8], 128, 3, 1
     return args
@@ -195,9 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                   f"A/A {q['aa_noise']:.3f}", flush=True)
             results.append(row)
     report: dict[str, object] = {
-        "benchmark": "dora",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        **report_head("dora", argv),
         "config": {"device": str(device), "dtype": args.dtype, "sizes": args.sizes, "ranks": args.ranks,
                    "alpha": "2r", "tokens": args.tokens, "repeats": args.repeats, "warmup": args.warmup,
                    "seed": args.seed, "quick": args.quick, "optimizer": "AdamW(lr=1e-4)",
@@ -205,17 +190,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "machine": machine_info(device),
         "results": results,
     }
-    out = args.out
-    if out is None and not args.quick:
-        suffix = "" if args.dtype == "fp32" else f"_{args.dtype}"
-        out = Path(__file__).resolve().parent / "results" / f"dora_{device.type}{suffix}.json"
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(report))
-        print(f"wrote {out} and {out.with_suffix('.md')}")
-    else:
-        print(markdown(report))
+    suffix = "" if args.dtype == "fp32" else f"_{args.dtype}"
+    write_report(report, args.out, None if args.quick else f"dora_{device.type}{suffix}.json", markdown)
     return report
 
 

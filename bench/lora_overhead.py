@@ -31,79 +31,35 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import os
-import platform
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import peft
 import torch
-import transformers
+from common import (
+    DTYPES,
+    OneLayer,
+    add_run_arguments,
+    check_run_arguments,
+    header_lines,
+    machine_info,
+    make_forward,
+    make_step,
+    outputs_and_input_grads,
+    relative_max_abs_diff,
+    report_head,
+    require_agreement,
+    resolve_device,
+    write_report,
+)
 from torch import nn
 
 import lorakit
 from lorakit.memory import cuda_peak_bytes
 from lorakit.timing import measure_interleaved
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STEP_VARIANTS = ("frozen", "lorakit", "peft", "lorakit_again")
 FORWARD_VARIANTS = ("linear", "lorakit_merged", "lorakit_unmerged", "peft_unmerged")
 TARGET_STEP_RATIO = 1.05  # lorakit step / PEFT step (from the issue)
 TARGET_MERGED_RATIO = 1.02  # lorakit merged forward / nn.Linear forward (from the issue)
-
-
-class OneLayer(nn.Module):
-    """The smallest model PEFT can wrap: one ``nn.Linear`` named ``proj``."""
-
-    def __init__(self, proj: nn.Linear) -> None:
-        super().__init__()
-        self.proj = proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
-    if name == "auto":
-        return lorakit.device()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was requested but torch.cuda.is_available() is False")
-    return torch.device(name)
-
-
-def machine_info(device: torch.device) -> dict[str, object]:
-    """Everything needed to tell two result files apart: host, library versions, threads, device."""
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = platform.processor() or platform.machine()
-        try:  # the CPU model, where Linux exposes it
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device_name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "peft": peft.__version__,
-        "transformers": transformers.__version__,
-        "lorakit": lorakit.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "device_name": device_name,
-        "cuda": torch.version.cuda,
-        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-    }
 
 
 def build_layers(d: int, r: int, dtype: torch.dtype, device: torch.device, seed: int) -> dict[str, nn.Module]:
@@ -130,11 +86,6 @@ def build_layers(d: int, r: int, dtype: torch.dtype, device: torch.device, seed:
     return {"linear": base, "frozen": frozen, "lorakit": lk, "peft": peft_model, "lorakit_merged": merged}
 
 
-def loss_fn(out: torch.Tensor) -> torch.Tensor:
-    """The scalar every step differentiates (fp32 reduction, so bf16 runs do not lose the mean)."""
-    return out.float().square().mean()
-
-
 def check_equivalence(layers: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float]:
     """Relative max abs differences, lorakit vs PEFT (output, dL/dx, dL/dA, dL/dB) and merged vs unmerged.
 
@@ -142,13 +93,7 @@ def check_equivalence(layers: dict[str, nn.Module], x: torch.Tensor) -> dict[str
     """
     lk, pm = layers["lorakit"], layers["peft"]
     pl = pm.base_model.model.proj
-    results = {}
-    xs = []
-    for model in (lk, pm):
-        xi = x.detach().clone().requires_grad_(True)
-        out = model(xi)
-        loss_fn(out).backward()
-        xs.append((out.detach(), xi.grad))
+    xs = outputs_and_input_grads((lk, pm), x)
     with torch.no_grad():
         pairs = {
             "output": (xs[0][0], xs[1][0]),
@@ -157,41 +102,11 @@ def check_equivalence(layers: dict[str, nn.Module], x: torch.Tensor) -> dict[str
             "grad_B": (lk.lora_B.grad, pl.lora_B["default"].weight.grad),
             "merged_vs_unmerged_output": (layers["lorakit_merged"](x), lk(x)),
         }
-    for name, (a, b) in pairs.items():
-        a, b = a.float(), b.float()
-        results[name] = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-    tol = 1e-4 if x.dtype == torch.float32 else 3e-2
-    if max(results.values()) > tol:  # timing two different computations would be meaningless
-        raise RuntimeError(f"lorakit and PEFT disagree beyond {tol} (relative max abs difference): {results}")
+    results = relative_max_abs_diff(pairs)
+    require_agreement(results, 1e-4 if x.dtype == torch.float32 else 3e-2, "lorakit and PEFT")
     lk.zero_grad(set_to_none=True)
     pm.zero_grad(set_to_none=True)
     return results
-
-
-def make_step(model: nn.Module, x: torch.Tensor, lr: float = 1e-4) -> Callable[[], None]:
-    """One training step on ``model`` (see the module docstring); AdamW only if something is trainable."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr) if params else None
-
-    def step() -> None:
-        loss_fn(model(x)).backward()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        x.grad = None
-
-    return step
-
-
-def make_forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """An inference forward: eval mode, no autograd graph."""
-    model.eval()
-
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    return forward
 
 
 def bench_one(
@@ -249,16 +164,13 @@ def bench_one(
 
 def markdown(report: dict[str, object]) -> str:
     """A Markdown summary of ``report``: configuration, ratio table, medians table."""
-    cfg, info, rows = report["config"], report["machine"], report["results"]
-    lines = [
-        f"# LoRA overhead benchmark ({cfg['device']}, {cfg['dtype']})",
-        "",
-        f"- created: {report['created']}; command: `{report['command']}`",
-        f"- device: {info['device_name']}; torch {info['torch']}, peft {info['peft']}, "
-        f"transformers {info['transformers']}, lorakit {info['lorakit']}; torch threads {info['torch_threads']}, "
-        f"CPU count {info['cpu_count']}; platform {info['platform']}",
-        f"- tokens per step {cfg['tokens']}, repeats {cfg['repeats']}, warm-up {cfg['warmup']}, seed {cfg['seed']}"
-        + (" (**--quick smoke settings: not a result**)" if cfg["quick"] else ""),
+    cfg, rows = report["config"], report["results"]
+    lines = header_lines(
+        report, f"LoRA overhead benchmark ({cfg['device']}, {cfg['dtype']})",
+        ("torch", "peft", "transformers", "lorakit"),
+        f"tokens per step {cfg['tokens']}, repeats {cfg['repeats']}, warm-up {cfg['warmup']}, seed {cfg['seed']}",
+    )
+    lines += [
         "",
         "Ratios (medians from one interleaved run; < 1 means the numerator is faster). "
         f"Targets: lorakit/PEFT step <= {TARGET_STEP_RATIO}, merged/Linear forward <= {TARGET_MERGED_RATIO}. "
@@ -302,31 +214,23 @@ def markdown(report: dict[str, object]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="layer widths d (d x d)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64], help="LoRA ranks r (alpha = 2r)")
     parser.add_argument("--tokens", type=int, default=2048, help="rows of x per step")
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per variant")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="base layer and input dtype")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's choice")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: d=256, r=8, 256 tokens, 3 repeats, 1 warm-up (overrides those options)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="result JSON (a .md table is written next to it); default "
-                        "bench/results/lora_overhead_<device>_<dtype>.json, and none with --quick")
+    add_run_arguments(
+        parser, device="auto", repeats=20, warmup=3, threads=None,
+        quick_help="smoke test: d=256, r=8, 256 tokens, 3 repeats, 1 warm-up (overrides those options)",
+        out_help="result JSON (a .md table is written next to it); default "
+        "bench/results/lora_overhead_<device>_<dtype>.json, and none with --quick",
+    )
     args = parser.parse_args(argv)
     for name in ("sizes", "ranks"):
         if any(v <= 0 for v in getattr(args, name)):
             parser.error(f"--{name} must be positive ints")
-    for name in ("tokens", "repeats"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be a positive int")
-    if args.threads is not None and args.threads <= 0:
-        parser.error("--threads must be a positive int")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    if args.tokens <= 0:
+        parser.error("--tokens must be a positive int")
+    check_run_arguments(parser, args)
     if args.quick:
         args.sizes, args.ranks, args.tokens, args.repeats, args.warmup = [256], [8], 256, 3, 1
     return args
@@ -349,28 +253,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                   f"unmerged/Linear fwd {q['forward_unmerged_over_linear']:.3f}", flush=True)
             results.append(row)
     report: dict[str, object] = {
-        "benchmark": "lora_overhead",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        **report_head("lora_overhead", argv),
         "config": {"device": str(device), "dtype": args.dtype, "sizes": args.sizes, "ranks": args.ranks,
                    "alpha": "2r", "tokens": args.tokens, "repeats": args.repeats, "warmup": args.warmup,
                    "seed": args.seed, "quick": args.quick, "optimizer": "AdamW(lr=1e-4)",
-                   "loss": "out.float().square().mean()",
+                   "loss": "out.float().square().mean()", "note": args.note,
                    "targets": {"step_lorakit_over_peft": TARGET_STEP_RATIO,
                                "forward_merged_over_linear": TARGET_MERGED_RATIO}},
         "machine": machine_info(device),
         "results": results,
     }
-    out = args.out
-    if out is None and not args.quick:
-        out = Path(__file__).resolve().parent / "results" / f"lora_overhead_{device.type}_{args.dtype}.json"
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(report))
-        print(f"wrote {out} and {out.with_suffix('.md')}")
-    else:
-        print(markdown(report))
+    write_report(report, args.out, None if args.quick else f"lora_overhead_{device.type}_{args.dtype}.json", markdown)
     return report
 
 

@@ -22,25 +22,30 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import sys
-from pathlib import Path
 
+import peft
 import torch
+from common import (
+    OneLayer,
+    add_run_arguments,
+    check_run_arguments,
+    header_lines,
+    machine_info,
+    make_step,
+    relative_max_abs_diff,
+    report_head,
+    require_agreement,
+    resolve_device,
+    write_report,
+)
 from torch import nn
 
+from lorakit import nf4
 from lorakit._bnb import import_bitsandbytes
+from lorakit.qlora import QLoRALinear, bnb_linear4bit_from_linear
+from lorakit.timing import measure_interleaved
 
-# before peft (which lora_overhead imports) pulls bitsandbytes in without silencing its missing-kernels warning
-bnb = import_bitsandbytes()
-
-import peft  # noqa: E402
-from lora_overhead import OneLayer, machine_info, make_step, resolve_device  # noqa: E402
-
-from lorakit import nf4  # noqa: E402
-from lorakit.qlora import QLoRALinear, bnb_linear4bit_from_linear  # noqa: E402
-from lorakit.timing import measure_interleaved  # noqa: E402
+bnb = import_bitsandbytes()  # with an install hint when the course extra is missing
 
 TARGET_DEQUANT_THROUGHPUT = 0.5  # lorakit dequantize throughput / bitsandbytes' (CPU), from the issue
 BLOCKSIZE = 64
@@ -55,7 +60,7 @@ def bench_codec(d: int, device: torch.device, repeats: int, warmup: int, seed: i
     check = {
         "packed_bytes_equal": bool(torch.equal(q.packed, packed.flatten())),
         "dq_codes_differing_fraction": (q.absmax.codes != state.absmax).float().mean().item(),
-        "dequantized_rel_max_abs_diff": ((w_lk.float() - w_bnb.float()).abs().max() / w_bnb.float().abs().max()).item(),
+        "dequantized_rel_max_abs_diff": relative_max_abs_diff({"w": (w_lk, w_bnb)})["w"],
     }
     quant_s = measure_interleaved({
         "lorakit": lambda: nf4.quantize_nf4(w, BLOCKSIZE, double_quant=True),
@@ -110,11 +115,10 @@ def bench_step(d: int, r: int, tokens: int, device: torch.device, repeats: int, 
     layers = build_layers(d, r, device, seed)
     x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     with torch.no_grad():
-        ref = layers["peft_bnb"](x).float()
-        diffs = {name: ((layers[name](x).float() - ref).abs().max() / ref.abs().max()).item()
-                 for name in ("qlora_lorakit", "qlora_bitsandbytes")}
-    if max(diffs.values()) > 3e-2:
-        raise RuntimeError(f"QLoRA layers disagree with PEFT beyond 3e-2 (relative max abs difference): {diffs}")
+        ref = layers["peft_bnb"](x)
+        diffs = relative_max_abs_diff({name: (layers[name](x), ref)
+                                       for name in ("qlora_lorakit", "qlora_bitsandbytes")})
+    require_agreement(diffs, 3e-2, "QLoRA layers and PEFT")
     x.requires_grad_(True)
     steps = {name: make_step(layer, x) for name, layer in layers.items()}
     step_s = measure_interleaved(steps, repeats=repeats, warmup=warmup, device=device)
@@ -129,18 +133,13 @@ def bench_step(d: int, r: int, tokens: int, device: torch.device, repeats: int, 
 
 
 def markdown(report: dict[str, object]) -> str:
-    cfg, info = report["config"], report["machine"]
-    lines = [
-        f"# NF4 / QLoRA benchmark ({cfg['device']})",
-        "",
-        f"- created: {report['created']}; command: `{report['command']}`",
-        f"- device: {info['device_name']}; torch {info['torch']}, bitsandbytes {info['bitsandbytes']}, "
-        f"peft {info['peft']}, lorakit {info['lorakit']}; torch threads {info['torch_threads']}, "
-        f"CPU count {info['cpu_count']}; platform {info['platform']}",
-        f"- blocksize {BLOCKSIZE}, double quantization on, bf16 weights for the codec; repeats {cfg['repeats']}, "
-        f"warm-up {cfg['warmup']}, seed {cfg['seed']}" + (" (**--quick smoke settings: not a result**)"
-                                                           if cfg["quick"] else ""),
-        f"- note: {cfg['note']}" if cfg.get("note") else None,
+    cfg = report["config"]
+    lines = header_lines(
+        report, f"NF4 / QLoRA benchmark ({cfg['device']})", ("torch", "bitsandbytes", "peft", "lorakit"),
+        f"blocksize {BLOCKSIZE}, double quantization on, bf16 weights for the codec; repeats {cfg['repeats']}, "
+        f"warm-up {cfg['warmup']}, seed {cfg['seed']}",
+    )
+    lines += [
         "",
         "## Quantize / dequantize (throughput ratio lorakit / bitsandbytes; > 1 means lorakit is faster)",
         "",
@@ -176,34 +175,30 @@ def markdown(report: dict[str, object]) -> str:
             f"{max(row['relative_max_abs_diff_vs_peft'].values()):.1e} |"
         )
     lines += ["", "✗ = misses the target. A/A = the same lorakit call timed twice (noise floor of every ratio)."]
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--codec-sizes", type=int, nargs="+", default=[1024, 4096], help="d of the [d, d] weights")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048], help="QLoRA layer widths d")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank r (alpha = 2r)")
     parser.add_argument("--tokens", type=int, default=512, help="rows of x per step")
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (quantize uses a third of them)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: d=256, 64 tokens, 2 repeats")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="result JSON (a .md is written next to it); default bench/results/nf4_<device>.json")
+    add_run_arguments(
+        parser, device="cpu", repeats=10, warmup=2, threads=2,
+        repeats_help="timed rounds (quantize uses a third of them)",
+        quick_help="smoke test: d=256, 64 tokens, 2 repeats",
+        out_help="result JSON (a .md is written next to it); default bench/results/nf4_<device>.json",
+    )
     args = parser.parse_args(argv)
     for name in ("codec_sizes", "sizes"):
         if any(v <= 0 or v % BLOCKSIZE for v in getattr(args, name)):
             parser.error(f"--{name.replace('_', '-')} must be positive multiples of {BLOCKSIZE}")
-    for name in ("rank", "tokens", "repeats", "threads"):
+    for name in ("rank", "tokens"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be a positive int")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    check_run_arguments(parser, args)
     if args.quick:
         args.codec_sizes, args.sizes, args.tokens, args.repeats, args.warmup = [256], [256], 64, 2, 1
     return args
@@ -212,7 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     codec = []
     for d in args.codec_sizes:
         row = bench_codec(d, device, args.repeats, args.warmup, args.seed)
@@ -230,9 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     info = machine_info(device)
     info["bitsandbytes"] = bnb.__version__
     report: dict[str, object] = {
-        "benchmark": "nf4",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        **report_head("nf4", argv),
         "config": {"device": str(device), "blocksize": BLOCKSIZE, "double_quant": True, "codec_dtype": "bf16",
                    "codec_sizes": args.codec_sizes, "sizes": args.sizes, "rank": args.rank, "alpha": "2r",
                    "tokens": args.tokens, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
@@ -243,16 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "codec": codec,
         "step": steps,
     }
-    out = args.out
-    if out is None and not args.quick:
-        out = Path(__file__).resolve().parent / "results" / f"nf4_{device.type}.json"
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(report))
-        print(f"wrote {out} and {out.with_suffix('.md')}")
-    else:
-        print(markdown(report))
+    write_report(report, args.out, None if args.quick else f"nf4_{device.type}.json", markdown)
     return report
 
 
