@@ -17,9 +17,8 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from builders import tiny_llama, tiny_lm  # noqa: E402
+from builders import TARGETS, input_ids, logits, peft_layers, tiny_llama, tiny_lm  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from peft.tuners.lora import LoraLayer  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import lorakit  # noqa: E402
@@ -30,27 +29,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*"),
 ]
 
-PREFIX = "base_model.model."
 TOL = 1e-5
-TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": "all-linear", "regex": r".*\.(k_proj|o_proj|down_proj)"}
 TINY_ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def input_ids(vocab: int = 64, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, 7), generator=torch.Generator().manual_seed(seed))
-
-
-def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = model(ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
-
-
-def peft_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
-    return {n.removeprefix(PREFIX): m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
 def peft_dora(base, target, rslora=False, r=4, alpha=8, dropout=0.0):
