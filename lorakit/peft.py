@@ -168,9 +168,20 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule ``name`` (a dotted path) of ``model`` by ``new``."""
+    """Replace the existing submodule ``name`` (a dotted path) of ``model`` by ``new``."""
+    check_model(model)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty dotted module path, got {name!r}")
+    if not isinstance(new, nn.Module):
+        raise TypeError(f"new must be an nn.Module, got {type(new).__name__}")
     parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+    except AttributeError:
+        parent = None
+    if parent is None or not isinstance(getattr(parent, child, None), nn.Module):
+        raise ValueError(f"name={name!r} is not a submodule of the model")
+    setattr(parent, child, new)
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
