@@ -14,8 +14,10 @@ import torch
 
 from lorakit._bnb import quiet_kernels_warning
 from lorakit.adalora import AdaLoRAConfig, RankAllocator, SVDLinear, apply_adalora, orthogonal_regularization
+from lorakit.atomic import unchanged_on_error
 from lorakit.dora import DoRALinear
 from lorakit.functional import lora_linear
+from lorakit.layers import AdapterLayer, adapter_layers
 from lorakit.lora import LoRALinear, MergeWarning, RankWarning, lora_scaling
 from lorakit.nf4 import NF4_OFFSET, QuantizedTensor, bits_per_parameter, dequantize_nf4, nf4_code, quantize_nf4
 from lorakit.peft import (
@@ -43,7 +45,8 @@ def device() -> torch.device:
 
 
 __all__ = [
-    "NF4_OFFSET", "AdaLoRAConfig", "DoRALinear", "LoRAConfig", "LoRALinear", "MergeWarning", "QLoRALinear",
+    "NF4_OFFSET", "AdaLoRAConfig", "AdapterLayer", "adapter_layers", "unchanged_on_error",
+    "DoRALinear", "LoRAConfig", "LoRALinear", "MergeWarning", "QLoRALinear",
     "QuantizedTensor", "RankAllocator", "RankWarning", "SVDLinear", "apply_adalora", "apply_lora", "apply_qlora",
     "bits_per_parameter", "dequantize_nf4", "device", "load_adapter", "lora_layers", "lora_linear", "lora_scaling",
     "merge_and_unload", "merge_lora", "merge_qlora", "nf4_code", "orthogonal_regularization", "quantize_nf4",

@@ -50,8 +50,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.data import Batch, evaluate, lm_loss
-from lorakit.lora import LoRALinear, MergeWarning, validate_lora_args
-from lorakit.peft import DEFAULT_TARGETS, check_model, check_target_modules, select_target_modules, set_submodule
+from lorakit.layers import AdapterLayer
+from lorakit.lora import MergeWarning, validate_lora_args
+from lorakit.peft import (
+    DEFAULT_TARGETS,
+    check_model,
+    check_target_modules,
+    refuse_adapted_model,
+    select_target_modules,
+    set_submodule,
+)
 
 #: PEFT adds this to ``ranknum`` before dividing (``SVDLinear.forward``): ``scaling / (r + 1e-5)``.
 RANKNUM_EPS = 1e-5
@@ -128,7 +136,7 @@ def triplet_score(score_a: torch.Tensor, score_e: torch.Tensor, score_b: torch.T
     return score_e.reshape(-1) + s_pq.view(-1)
 
 
-class SVDLinear(nn.Module):
+class SVDLinear(AdapterLayer):
     """A frozen ``nn.Linear`` plus the AdaLoRA bypass ``P Λ Q`` (see the module docstring, eq. 1).
 
     Args:
@@ -138,6 +146,8 @@ class SVDLinear(nn.Module):
     Attributes: ``lora_A [r, in]`` (Q), ``lora_E [r, 1]`` (Λ), ``lora_B [out, r]`` (P), ``scaling``
     (``= alpha``, as PEFT), ``ranknum`` (a buffer holding ``float(r)``), ``merged``.
     """
+
+    adapter_kind = "AdaLoRA"
 
     def __init__(self, base: nn.Linear, r: int = 12, alpha: float = 8, dropout: float = 0.0) -> None:
         super().__init__()
@@ -527,8 +537,7 @@ def apply_adalora(model: nn.Module, config: AdaLoRAConfig) -> nn.Module:
     check_model(model)
     if not isinstance(config, AdaLoRAConfig):
         raise TypeError(f"config must be an AdaLoRAConfig, got {type(config).__name__}")
-    if any(isinstance(m, (SVDLinear, LoRALinear)) for m in model.modules()):
-        raise ValueError("model already has adapter layers (SVDLinear or LoRALinear); apply_adalora adds one set")
+    refuse_adapted_model(model, "apply_adalora")
     names = select_target_modules(model, config.target_modules)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lorakit.functional import lora_linear
+from lorakit.layers import AdapterLayer
 
 INITS = ("kaiming", "gaussian", "zeros", "pissa")
 
@@ -37,7 +38,10 @@ class MergeWarning(UserWarning):
 
 
 def validate_lora_args(r: object, alpha: object, dropout: object, init: object = "kaiming") -> None:
-    """Raise TypeError/ValueError naming the argument when a LoRA hyper-parameter is invalid."""
+    """Raise TypeError/ValueError naming the argument when a LoRA hyper-parameter is invalid.
+
+    ``r`` must be an ``int`` (NumPy integers are accepted by the callers, which convert them first).
+    """
     if isinstance(r, bool) or not isinstance(r, int):
         raise TypeError(f"r must be an int, got {type(r).__name__} {r!r}")
     if r <= 0:
@@ -60,7 +64,15 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
-class LoRALinear(nn.Module):
+def frozen_linear_like(base: nn.Linear, weight: torch.Tensor) -> nn.Linear:
+    """A new frozen ``nn.Linear`` holding ``weight`` and sharing ``base``'s bias; ``base`` is not modified."""
+    linear = nn.Linear(base.in_features, base.out_features, bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    linear.bias = base.bias
+    return linear
+
+
+class LoRALinear(AdapterLayer):
     """Wrap a frozen ``nn.Linear`` with a LoRA bypass; see the module docstring.
 
     Args:
@@ -69,7 +81,14 @@ class LoRALinear(nn.Module):
         dropout on the bypass input (the base path never sees dropout). rslora: use ``alpha/sqrt(r)``.
         init: one of :data:`INITS`. adapter_dtype: dtype of ``lora_A``/``lora_B``; by default
         float32 when the base is fp16/bf16 (PEFT's ``autocast_adapter_dtype``), else the base dtype.
+
+    With ``init="pissa"`` the layer's ``base`` is a *new* frozen ``nn.Linear`` holding the residual
+    ``W0 - U_r S_r V_r^T`` (the caller's layer is left as it was), and the initial ``A0``, ``B0`` are kept
+    (buffers ``pissa_A0``/``pissa_B0``, not saved in ``state_dict``) so that :func:`lorakit.save_adapter`
+    can convert the trained adapter into a plain LoRA adapter for the original base (notebook 04).
     """
+
+    adapter_kind = "LoRA"
 
     def __init__(
         self,
@@ -103,6 +122,8 @@ class LoRALinear(nn.Module):
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
+        self.register_buffer("pissa_A0", None, persistent=False)
+        self.register_buffer("pissa_B0", None, persistent=False)
         self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
         self.dropout = float(dropout)
         self.scaling = lora_scaling(r, alpha, rslora)
@@ -143,27 +164,42 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def _pissa_init(self) -> None:
         # W0 = U S V^T; A = sqrt(S_r / s) V_r^T, B = U_r sqrt(S_r / s), so s*B@A is the top-r part,
-        # and the base keeps the residual W0 - s*B@A (PEFT's "pissa", full SVD).
+        # and the base becomes a new layer holding the residual W0 - s*B@A (PEFT's "pissa", full SVD).
         weight = self.base.weight
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError("init='pissa' needs a finite base weight (the SVD of a NaN/inf weight is undefined)")
         U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
         root = torch.sqrt(S[: self.r] / self.scaling)
         self.lora_A.copy_(root[:, None] * Vh[: self.r])
         self.lora_B.copy_(U[:, : self.r] * root[None, :])
         residual = weight.float() - self.scaling * (self.lora_B.float() @ self.lora_A.float())
-        weight.copy_(residual.to(weight.dtype))
+        self.base = frozen_linear_like(self.base, residual.to(weight.dtype))
+        self.pissa_A0, self.pissa_B0 = self.lora_A.detach().clone(), self.lora_B.detach().clone()
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * B @ A`` as an ``[out, in]`` tensor in the base weight's dtype (fp32 math)."""
-        delta = self.scaling * (self.lora_B.float() @ self.lora_A.float())
-        return delta.to(self.base.weight.dtype)
+        return self.delta_weight_fp32().to(self.base.weight.dtype)
+
+    def delta_weight_fp32(self) -> torch.Tensor:
+        """``scaling * B @ A`` in float32 (what merge adds: the sum is rounded once, as PEFT's in-place add)."""
+        return self.scaling * (self.lora_B.float() @ self.lora_A.float())
+
+    @torch.no_grad()
+    def check_merge(self) -> None:
+        """ValueError if :meth:`merge` would write non-finite weights (model-level merges check every layer first)."""
+        if not (bool(torch.isfinite(self.lora_A).all()) and bool(torch.isfinite(self.lora_B).all())):
+            raise ValueError("lora_A/lora_B hold NaN or inf: merging would write them into the base weight")
 
     @torch.no_grad()
     def merge(self) -> None:
-        """``W0 <- W0 + scaling * B @ A``; afterwards forward costs exactly one ``nn.Linear``."""
+        """``W0 <- W0 + scaling * B @ A``; afterwards forward costs exactly one ``nn.Linear``.
+
+        The sum is formed in float32 and rounded to the base dtype once (a bf16 base is not rounded twice).
+        """
         if self.merged:
             warnings.warn("layer is already merged; merge() changed nothing", MergeWarning, stacklevel=2)
             return
-        self.base.weight.add_(self.delta_weight())
+        self.base.weight.add_(self.delta_weight_fp32())  # computed in fp32, rounded once into the base dtype
         self.merged = True
 
     @torch.no_grad()
@@ -172,7 +208,7 @@ class LoRALinear(nn.Module):
         if not self.merged:
             warnings.warn("layer is not merged; unmerge() changed nothing", MergeWarning, stacklevel=2)
             return
-        self.base.weight.sub_(self.delta_weight())
+        self.base.weight.sub_(self.delta_weight_fp32())
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

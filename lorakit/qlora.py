@@ -45,7 +45,7 @@ from torch import nn
 
 from lorakit import nf4
 from lorakit.lora import LoRALinear, MergeWarning
-from lorakit.peft import LoRAConfig, check_model, lora_layers, select_target_modules, set_submodule
+from lorakit.peft import LoRAConfig, check_model, refuse_adapted_model, select_target_modules, set_submodule
 
 BACKENDS = ("lorakit", "bitsandbytes")
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -506,8 +506,7 @@ def apply_qlora(
         raise ValueError("config.use_dora=True is not supported by apply_qlora (QLoRA trains plain LoRA factors)")
     _check_quant_args(blocksize, double_quant, compute_dtype, backend)
     _check_dtype("adapter_dtype", adapter_dtype, ADAPTER_DTYPES)
-    if lora_layers(model):
-        raise ValueError("model already has LoRA layers; apply_qlora would stack adapters")
+    refuse_adapted_model(model, "apply_qlora")
     names = select_target_modules(model, config.target_modules)
     new_layers = {}
     for name in names:  # build every layer first: any error leaves the model's structure unchanged

@@ -375,7 +375,7 @@ def test_bad_model_level_arguments():
     with pytest.raises(ValueError, match="backend"):
         apply_qlora(model, LoRAConfig(), backend="gptq")
     apply_qlora(model, LoRAConfig())
-    with pytest.raises(ValueError, match="already has LoRA layers"):
+    with pytest.raises(ValueError, match="already has adapter layers"):
         apply_qlora(model, LoRAConfig())
 
 
