@@ -468,6 +468,17 @@ def quantize_4bit(
     return QuantizedTensor(packed, stored, w.shape, w.dtype, blocksize, code)
 
 
+def unpack_codes(q: QuantizedTensor) -> torch.Tensor:
+    """The 4-bit code of every element, int64 ``[numel]`` in storage order (notebook 06, section 5).
+
+    Byte ``j`` holds element ``2j`` in its high nibble and element ``2j + 1`` in its low nibble
+    (``byte = (c0 << 4) | c1``); the spare low nibble of an odd count is dropped.
+    """
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    return torch.stack([q.packed >> 4, q.packed & 15], dim=1).reshape(-1)[: q.numel].long()
+
+
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> QuantizedTensor:
     """NF4-quantize ``w`` (QLoRA's storage format); bytes and absmax equal bitsandbytes'
     ``quantize_4bit(w, blocksize, quant_type="nf4", compress_statistics=double_quant)``."""
@@ -610,5 +621,5 @@ def storage_bytes(numel: int, blocksize: int = 64, double_quant: bool = False, d
 __all__ = [
     "BLOCKSIZES", "NF4_OFFSET", "NF4_OFFSET_EXACT", "DoubleQuantizedAbsmax", "QuantizedTensor",
     "bits_per_parameter", "dequantize_4bit", "dequantize_nf4", "double_quantize", "dynamic_code", "fp4_code",
-    "int4_code", "nf4_code", "quantize_4bit", "quantize_nf4", "storage_bytes",
+    "int4_code", "nf4_code", "quantize_4bit", "quantize_nf4", "storage_bytes", "unpack_codes",
 ]

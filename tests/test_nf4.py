@@ -399,3 +399,16 @@ def test_chunked_cpu_decode_equals_reference(monkeypatch, blocksize, dtype):
         q = quantize_nf4(w, blocksize=blocksize)
         reference = (q.code[_codes(q)] * q.absmax.repeat_interleave(blocksize)[:n]).to(dtype)
         assert torch.equal(dequantize_nf4(q), reference)
+
+
+def test_unpack_codes_inverts_the_packing():
+    from lorakit.nf4 import unpack_codes
+
+    w = torch.randn(7, 9, generator=torch.Generator().manual_seed(0))  # odd count: a spare nibble
+    q = quantize_nf4(w)
+    codes = unpack_codes(q)
+    assert codes.shape == (63,) and codes.dtype == torch.int64
+    padded = torch.cat([codes, torch.tensor([7])])
+    assert torch.equal(((padded[0::2] << 4) | padded[1::2]).to(torch.uint8), q.packed)
+    with pytest.raises(TypeError, match="q must be a QuantizedTensor"):
+        unpack_codes(q.packed)
