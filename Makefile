@@ -11,7 +11,7 @@ export OMP_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
-.PHONY: lab test lint unit notebooks notebook execute bench constraints clean
+.PHONY: lab test lint unit notebooks notebook execute bench results constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/lora_overhead.py
 	$(BIN)/python bench/nf4.py
 	$(BIN)/python bench/dora.py
+
+## Regenerate the stored experiment results (data/results/*.json): every scripts/results_*.py, in order.
+## Long (see README for the wall times); one script: make results RESULTS=scripts/results_nb03_lr_sweep.py
+RESULT_SCRIPTS := $(sort $(wildcard scripts/results_*.py))
+results: $(STAMP)
+	for s in $(or $(RESULTS),$(RESULT_SCRIPTS)); do echo "== $$s"; $(BIN)/python $$s || exit 1; done
 
 constraints: $(STAMP)
 	(head -3 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu//') > constraints.new && mv constraints.new constraints.txt
