@@ -145,6 +145,8 @@ def evaluate(model: torch.nn.Module, batch: Batch, chunk: int = 1024) -> dict[st
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(batch, Batch):
         raise TypeError(f"batch must be a lorakit.data.Batch, got {type(batch).__name__}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

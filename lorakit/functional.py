@@ -18,10 +18,14 @@ replaces ``x`` by ``x_d = x * mask / (1 - p)`` in ``u`` and ``dL/dA``, and multi
 of ``dL/dx`` by ``mask / (1 - p)``.
 
 Adapters may be kept in a wider dtype than the base (PEFT keeps fp32 adapters on a bf16 base): the
-bypass is then computed in the adapter dtype and the sum cast back to the base output dtype.
+bypass is then computed in the adapter dtype and the sum cast back to the base output dtype. Under
+``torch.autocast`` (mixed-precision training, the usual GPU set-up) everything is computed in the autocast
+dtype, as autocast computes ``nn.Linear``, and each gradient comes back in its input's dtype.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -48,55 +52,87 @@ def check_lora_inputs(
         raise ValueError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
         raise TypeError(f"scaling must be a Python number, got {type(scaling).__name__}")
+    if not math.isfinite(scaling):
+        raise ValueError(f"scaling must be a finite number, got {scaling}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p must be a number in [0, 1), got {type(dropout_p).__name__}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes matmuls in on ``device_type`` right now, or None when it is off."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
 class LoRALinearFunction(torch.autograd.Function):
-    """``h = x W^T + b + s (x_d A^T) B^T`` on 2-D ``x``, with the backward of eqs. 2-4."""
+    """``h = x W^T + b + s (x_d A^T) B^T`` on 2-D ``x``, with the backward of eqs. 2-4.
+
+    Mixed precision: under ``torch.autocast`` every matmul runs in the autocast dtype (as autocast would run
+    ``nn.Linear``), autocast itself is switched off inside, and the backward casts each gradient back to the
+    dtype of its input (fp32 master adapters get fp32 gradients). The weight is saved as it is (not its
+    low-precision copy) and cast again in the backward, so autocast adds no weight-sized activation.
+    """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, A, B, scaling, mask, keep_scale):  # type: ignore[override]
-        x_d = x if mask is None else x * mask * keep_scale
-        x_d = x_d.to(A.dtype)
-        u = x_d @ A.t()  # [n, r]: the only intermediate of the bypass
-        base = torch.nn.functional.linear(x, weight, bias)
-        if base.dtype == A.dtype:
-            out = base.addmm_(u, B.t(), alpha=scaling)
-        else:  # wider adapters: add in the adapter dtype, return the base dtype (as PEFT)
-            out = torch.addmm(base.to(A.dtype), u, B.t(), alpha=scaling).to(base.dtype)
-        ctx.save_for_backward(x if weight.requires_grad else None, x_d, weight, A, B, u, mask)
+        device_type = x.device.type
+        compute = autocast_dtype(device_type)
+        ctx.device_type, ctx.compute = device_type, compute
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype, A.dtype, B.dtype)
+        with torch.autocast(device_type, enabled=False):
+            if compute is not None:  # autocast: everything in its dtype
+                x_c, w_c, b_c, A_c, B_c = x.to(compute), weight.to(compute), _cast(bias, compute), A.to(compute), \
+                    B.to(compute)
+            else:  # adapters may be wider than the base (fp32 adapters on a bf16 base, as PEFT)
+                x_c, w_c, b_c, A_c, B_c = x, weight, bias, A, B
+            x_d = x_c if mask is None else x_c * mask.to(x_c.dtype) * keep_scale
+            x_d = x_d.to(A_c.dtype)
+            u = x_d @ A_c.t()  # [n, r]: the only intermediate of the bypass
+            base = torch.nn.functional.linear(x_c, w_c, b_c)
+            if base.dtype == A_c.dtype:
+                out = base.addmm_(u, B_c.t(), alpha=scaling)
+            else:  # wider adapters: add in the adapter dtype, return the base dtype (as PEFT)
+                out = torch.addmm(base.to(A_c.dtype), u, B_c.t(), alpha=scaling).to(base.dtype)
+        ctx.save_for_backward(x_c if weight.requires_grad else None, x_d, weight, A, B, u, mask)
         ctx.scaling, ctx.keep_scale, ctx.has_bias = scaling, keep_scale, bias is not None
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):  # type: ignore[override]
         x, x_d, weight, A, B, u, mask = ctx.saved_tensors
-        s = ctx.scaling
-        g_a = g.to(A.dtype)
-        gB = g_a @ B  # [n, r] = (B^T g) for every row
-        grad_x = grad_w = grad_b = grad_A = grad_B = None
-        if ctx.needs_input_grad[0]:
-            grad_x = g.to(weight.dtype) @ weight  # eq. 4, first term
-            if mask is None and gB.dtype == grad_x.dtype:
-                grad_x.addmm_(gB, A, alpha=s)  # eq. 4, second term, added in place (no [n, in] temporary)
-            else:
-                bypass = (gB @ A).mul_(s)
-                if mask is not None:
-                    bypass.mul_(mask).mul_(ctx.keep_scale)
-                grad_x.add_(bypass.to(weight.dtype))
-        if ctx.needs_input_grad[1]:
-            grad_w = g.t().to(x.dtype) @ x
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
-        if ctx.needs_input_grad[3]:
-            grad_A = (gB.t() @ x_d).mul_(s)  # eq. 3
-        if ctx.needs_input_grad[4]:
-            grad_B = (g_a.t() @ u).mul_(s)  # eq. 2
+        s, compute = ctx.scaling, ctx.compute
+        x_dtype, w_dtype, b_dtype, a_dtype, b_dtype_B = ctx.dtypes
+        with torch.autocast(ctx.device_type, enabled=False):
+            if compute is not None:
+                weight, A, B, g = weight.to(compute), A.to(compute), B.to(compute), g.to(compute)
+            g_a = g.to(A.dtype)
+            gB = g_a @ B  # [n, r] = (B^T g) for every row
+            grad_x = grad_w = grad_b = grad_A = grad_B = None
+            if ctx.needs_input_grad[0]:
+                grad_x = g.to(weight.dtype) @ weight  # eq. 4, first term
+                if mask is None and gB.dtype == grad_x.dtype:
+                    grad_x.addmm_(gB, A, alpha=s)  # eq. 4, second term, added in place (no [n, in] temporary)
+                else:
+                    bypass = (gB @ A).mul_(s)
+                    if mask is not None:
+                        bypass.mul_(mask.to(bypass.dtype)).mul_(ctx.keep_scale)
+                    grad_x.add_(bypass.to(weight.dtype))
+                grad_x = grad_x.to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w = (g.t().to(x.dtype) @ x).to(w_dtype)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = g.sum(0).to(b_dtype)
+            if ctx.needs_input_grad[3]:
+                grad_A = (gB.t() @ x_d.to(gB.dtype)).mul_(s).to(a_dtype)  # eq. 3
+            if ctx.needs_input_grad[4]:
+                grad_B = (g_a.t() @ u.to(g_a.dtype)).mul_(s).to(b_dtype_B)  # eq. 2
         return grad_x, grad_w, grad_b, grad_A, grad_B, None, None, None
 
 

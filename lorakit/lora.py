@@ -18,6 +18,7 @@ well defined (PEFT allows it too, and notebook 03 sweeps r past the layer width 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import torch
@@ -40,21 +41,22 @@ class MergeWarning(UserWarning):
 def validate_lora_args(r: object, alpha: object, dropout: object, init: object = "kaiming") -> None:
     """Raise TypeError/ValueError naming the argument when a LoRA hyper-parameter is invalid.
 
-    ``r`` must be an ``int`` (NumPy integers are accepted by the callers, which convert them first).
+    ``r`` may be any integer type (NumPy's included; bools are refused), ``alpha`` and ``dropout`` any
+    real number type; callers convert them to Python numbers after this check.
     """
-    if isinstance(r, bool) or not isinstance(r, int):
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
         raise TypeError(f"r must be an int, got {type(r).__name__} {r!r}")
     if r <= 0:
         raise ValueError(f"r must be a positive int, got {r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a number, got {type(alpha).__name__} {alpha!r}")
     if not (alpha > 0 and math.isfinite(alpha)):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
         raise TypeError(f"dropout must be a number in [0, 1), got {type(dropout).__name__} {dropout!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if init not in INITS:
+    if not isinstance(init, str) or init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
@@ -104,6 +106,7 @@ class LoRALinear(AdapterLayer):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
         validate_lora_args(r, alpha, dropout, init)
+        r, alpha = int(r), (int(alpha) if isinstance(alpha, numbers.Integral) else float(alpha))
         if r > min(base.in_features, base.out_features):
             if init == "pissa":
                 raise ValueError(

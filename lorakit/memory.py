@@ -128,13 +128,20 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+def _check_module(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
 def parameter_bytes(model: nn.Module, trainable: bool | None = None) -> int:
     """Bytes of ``model``'s parameters (all, or only trainable / only frozen ones)."""
+    _check_module(model)
     return tensor_bytes(p for p in model.parameters() if trainable is None or p.requires_grad == trainable)
 
 
 def gradient_bytes(model: nn.Module) -> int:
     """Bytes of the ``.grad`` tensors currently held by ``model``'s parameters."""
+    _check_module(model)
     return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
 
@@ -149,8 +156,7 @@ def saved_activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]
     Counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once, so it is exact
     and the same on CPU and CUDA. Gradient checkpointing shows up as fewer saved bytes.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_module(model)
     if not callable(forward):
         raise TypeError(f"forward must be a callable taking no arguments, got {type(forward).__name__}")
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

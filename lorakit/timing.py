@@ -24,6 +24,8 @@ def measure(
     device: torch.device | str | None = None,
 ) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA-synchronised)."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if not isinstance(warmup, int) or warmup < 0:
@@ -50,8 +52,11 @@ def measure_interleaved(
 
     Compare the results as ratios measured in one call, never against numbers from another run.
     """
-    if not fns:
-        raise ValueError("fns must name at least one function")
+    if not isinstance(fns, dict) or not fns:
+        raise ValueError("fns must name at least one function ({name: callable})")
+    bad = [name for name, fn in fns.items() if not callable(fn)]
+    if bad:
+        raise TypeError(f"fns[{bad[0]!r}] must be callable")
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if not isinstance(warmup, int) or warmup < 0:

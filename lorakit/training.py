@@ -7,6 +7,7 @@ seeded generator from a fixed training :class:`~lorakit.data.Batch`, and records
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -55,10 +56,19 @@ def train(
 
     Parameters not requiring grad are untouched (that is what makes LoRA parameter-efficient).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(data, Batch):
+        raise TypeError(f"data must be a lorakit.data.Batch, got {type(data).__name__}")
+    if eval_data is not None and not isinstance(eval_data, Batch):
+        raise TypeError(f"eval_data must be a lorakit.data.Batch or None, got {type(eval_data).__name__}")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be > 0 (a finite number), got {lr!r}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (nothing requires grad)")

@@ -29,6 +29,16 @@ def _tensors_of(value: object) -> list[torch.Tensor]:
     return []
 
 
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (NaN equals NaN with the same bits, -0.0 differs from +0.0)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        return torch.equal(a.contiguous().view(width), b.contiguous().view(width))
+    return torch.equal(a, b)
+
+
 def snapshot(model: nn.Module) -> dict:
     """Everything observable about ``model``, cloned."""
     state = {}
@@ -62,9 +72,9 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
     for key, (value, dtype, device, grad) in before["state"].items():
         v2, d2, dev2, g2 = after["state"][key]
         assert (d2, dev2, g2) == (dtype, device, grad), f"{key}: dtype/device/requires_grad changed"
-        assert torch.equal(v2, value), f"{key}: values changed"
+        assert same(v2, value), f"{key}: values changed"
     assert after["quantized"].keys() == before["quantized"].keys(), "quantized bases changed"
     for key, tensors in before["quantized"].items():
         assert len(tensors) == len(after["quantized"][key]), f"{key}: quantized storage changed"
         for t1, t2 in zip(tensors, after["quantized"][key], strict=True):
-            assert t1.dtype == t2.dtype and torch.equal(t1, t2), f"{key}: quantized bytes changed"
+            assert same(t1, t2), f"{key}: quantized bytes changed"
