@@ -28,6 +28,7 @@ undropped and once dropped, as in PEFT (two base matmuls).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -45,6 +46,17 @@ def dora_weight_norm(weight: Tensor, A: Tensor, B: Tensor, scaling: float) -> Te
 
     The result carries gradients to ``A`` and ``B`` when they require grad; :func:`dora_linear` detaches it.
     """
+    if not all(isinstance(t, Tensor) for t in (weight, A, B)):
+        raise TypeError("weight, A and B must be torch.Tensor")
+    if weight.dim() != 2 or A.dim() != 2 or B.dim() != 2:
+        raise ValueError(f"weight, A, B must be 2-D, got {weight.dim()}-D, {A.dim()}-D, {B.dim()}-D")
+    if A.shape[1] != weight.shape[1] or B.shape[0] != weight.shape[0] or A.shape[0] != B.shape[1]:
+        raise ValueError(f"expected A [r, {weight.shape[1]}] and B [{weight.shape[0]}, r] for weight "
+                         f"{tuple(weight.shape)}; got A {tuple(A.shape)} and B {tuple(B.shape)}")
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
+        raise TypeError(f"scaling must be a Python number, got {type(scaling).__name__}")
+    if not math.isfinite(scaling):
+        raise ValueError(f"scaling must be finite, got {scaling}")
     dtype = A.dtype
     V = weight.to(dtype) + scaling * (B @ A)
     return torch.linalg.norm(V, dim=1)
@@ -100,6 +112,15 @@ def dora_linear(
     return out.to(base_d.dtype)
 
 
+def _check_rows(norm: Tensor) -> None:
+    """ValueError naming the rows whose norm ``||W0 + s B A||`` is zero or not finite (no direction there)."""
+    bad = ((norm == 0) | ~torch.isfinite(norm)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"rows {bad[:8]} of W0 + s*B@A are zero or not finite: DoRA's direction V/||V|| is undefined for them"
+        )
+
+
 class DoRALinear(LoRALinear):
     """A frozen ``nn.Linear`` adapted by DoRA (see the module docstring); a :class:`LoRALinear` subclass.
 
@@ -109,7 +130,7 @@ class DoRALinear(LoRALinear):
     Parameter ``[out]`` initialised to the row norms ``||W0[i, :]||`` (PEFT's ``lora_magnitude_vector``).
 
     Args: as :class:`LoRALinear`. Raises TypeError when ``base`` is not an ``nn.Linear`` and ValueError when a
-    row of ``base.weight`` is zero (its direction ``W0[i]/||W0[i]||`` is undefined).
+    row of ``base.weight`` is zero or not finite (its direction ``W0[i]/||W0[i]||`` is undefined).
     """
 
     def __init__(
@@ -124,6 +145,9 @@ class DoRALinear(LoRALinear):
     ) -> None:
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear for DoRA, got {type(base).__name__}")
+        with torch.no_grad():  # checked before the base is frozen: a refused layer leaves the caller's layer as it was
+            wide = torch.float32 if base.weight.dtype in (torch.float16, torch.bfloat16) else base.weight.dtype
+            _check_rows(torch.linalg.norm(base.weight.detach().to(adapter_dtype or wide), dim=1))
         super().__init__(base, r, alpha, dropout, rslora, init, adapter_dtype)
         self.magnitude = nn.Parameter(self.weight_norm())
         self.register_buffer("_merge_factor", None, persistent=False)
@@ -132,11 +156,7 @@ class DoRALinear(LoRALinear):
         """``||W0 + s B A||`` per output row, detached, in the adapter dtype (eq. 2's denominator)."""
         with torch.no_grad():
             norm = dora_weight_norm(self.base.weight, self.lora_A, self.lora_B, self.scaling)
-        zero = (norm == 0).nonzero().flatten().tolist()
-        if zero:
-            raise ValueError(
-                f"rows {zero[:8]} of W0 + s*B@A are zero: DoRA's direction V/||V|| is undefined for them"
-            )
+        _check_rows(norm)
         return norm
 
     @torch.no_grad()
@@ -160,14 +180,34 @@ class DoRALinear(LoRALinear):
         return self.dora_factor()[:, None] * V
 
     @torch.no_grad()
+    def check_merge(self) -> None:
+        """ValueError if :meth:`merge` cannot merge (or could not be undone); nothing is changed.
+
+        Checked: finite ``A``, ``B`` and magnitude, no zero row of ``W0 + s B A``, and a factor
+        ``f = m / ||W0 + s B A||`` that is finite and non-zero in every row (``unmerge`` divides by it).
+        :func:`lorakit.merge_lora` calls it on every layer before it merges the first one.
+        """
+        super().check_merge()
+        if not bool(torch.isfinite(self.magnitude).all()):
+            raise ValueError("magnitude holds NaN or inf: merging would write them into the base weight")
+        factor = self.magnitude / self.weight_norm()
+        bad = (~torch.isfinite(factor) | (factor == 0)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"magnitude / ||W0 + s*B@A|| is zero or non-finite in rows {bad[:8]}: the merge could "
+                             "not be undone (unmerge divides by it)")
+
+    @torch.no_grad()
     def merge(self) -> None:
-        """``W0 <- W'`` (eq. 2); forward then costs one ``nn.Linear``. Idempotent (warns) like LoRALinear."""
+        """``W0 <- W'`` (eq. 2); forward then costs one ``nn.Linear``. Idempotent (warns) like LoRALinear.
+
+        ``W' = f (W0 + s B A)`` is formed in the adapter dtype (fp32 on a half-precision base) and rounded to
+        the base dtype once, as PEFT does.
+        """
         if self.merged:
             warnings.warn("layer is already merged; merge() changed nothing", MergeWarning, stacklevel=2)
             return
+        self.check_merge()
         factor = self.dora_factor()
-        if not torch.isfinite(factor).all() or (factor == 0).any():
-            raise ValueError("magnitude / ||W0 + s*B@A|| has zero or non-finite entries: the merge could not be undone")
         weight = self.base.weight
         weight.copy_(self.effective_weight().to(weight.dtype))
         self._merge_factor = factor.detach().clone()
@@ -213,6 +253,10 @@ def magnitude_direction_change(W_t: Tensor, W_0: Tensor) -> tuple[float, float]:
         raise TypeError("W_t and W_0 must be torch.Tensor")
     if W_t.dim() != 2 or W_t.shape != W_0.shape:
         raise ValueError(f"W_t and W_0 must be 2-D of the same shape, got {tuple(W_t.shape)} and {tuple(W_0.shape)}")
+    if not (W_t.is_floating_point() and W_0.is_floating_point()):
+        raise TypeError(f"W_t and W_0 must be floating-point tensors, got {W_t.dtype} and {W_0.dtype}")
+    if W_t.numel() == 0:
+        raise ValueError("W_t and W_0 must not be empty")
     a, b = W_t.detach().double(), W_0.detach().double()
     delta_m = (a.norm(dim=1) - b.norm(dim=1)).abs().mean().item()
     delta_d = (1 - F.cosine_similarity(a, b, dim=1)).mean().item()

@@ -22,7 +22,7 @@ trained on. Two adapter kinds change the base itself and need more than A and B:
   way (``apply_qlora``) before loading it; a whole QLoRA model saves through its ``state_dict``
   (:mod:`lorakit.qlora`).
 
-AdaLoRA adapters (``peft_type: "ADALORA"``) are written and read by :mod:`lorakit.adalora` through the
+AdaLoRA adapters (``peft_type: "ADALORA"``) are written and read by :mod:`lorakit.adalora.io` through the
 same two functions. Loading never unpickles anything: safetensors and JSON only.
 """
 
@@ -49,7 +49,7 @@ from lorakit.peft.targets import ALL_LINEAR, _name_matches, check_model
 
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "MAGNITUDE_KEY", "PEFT_PREFIX", "adapter_state_dict", "check_directory",
-    "load_adapter", "pissa_to_lora_state_dict", "read_adapter_files", "save_adapter",
+    "load_adapter", "pissa_to_lora_state_dict", "read_adapter_files", "save_adapter", "selected_by",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -99,7 +99,7 @@ def pissa_to_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _selected_by(model: nn.Module, targets: list[str] | str, adapted: set[str]) -> set[str]:
+def selected_by(model: nn.Module, targets: list[str] | str, adapted: set[str]) -> set[str]:
     """The names ``targets`` would select on the un-adapted model (adapter layers stand for their Linear)."""
     owners = adapter_layers(model)
     names = set()
@@ -130,7 +130,7 @@ def _check_config_matches(model: nn.Module, layers: dict[str, LoRALinear], confi
     odd = [n for n, m in layers.items() if (m.init == "pissa") != (config.init == "pissa")]
     if odd:
         problems.append(f"config.init={config.init!r} but layer {odd[0]!r} has init={layers[odd[0]].init!r}")
-    selected = _selected_by(model, config.target_modules, set(layers))
+    selected = selected_by(model, config.target_modules, set(layers))
     if selected != set(layers):
         extra, missing = sorted(selected - set(layers)), sorted(set(layers) - selected)
         problems.append(f"config.target_modules={config.target_modules!r} would adapt {extra[:4]} (no adapter "
@@ -160,6 +160,8 @@ def save_adapter(
         from lorakit import adalora
 
         if adalora.adalora_layers(model):
+            if convert_pissa:
+                raise ValueError("convert_pissa=True needs a PiSSA model (init='pissa'); this model has AdaLoRA layers")
             return adalora.save_adalora_adapter(model, directory, config)
         raise ValueError("model has no LoRA or AdaLoRA layers to save")
     config = config if config is not None else getattr(model, "lora_config", None)
