@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/lora_overhead.py
 	$(BIN)/python bench/nf4.py
 	$(BIN)/python bench/dora.py
+	$(BIN)/python bench/kernels.py
 
 ## Regenerate the stored experiment results (data/results/*.json): every scripts/results_*.py, in order.
 ## Long (see README for the wall times); one script: make results RESULTS=scripts/results_nb03_lr_sweep.py

@@ -1,11 +1,12 @@
-"""lorakit: the small, tested PyTorch package behind the lorakit course (see DESIGN.md).
+"""lorakit: the small, tested PyTorch package behind the lorakit course (see the README).
 
 One concept per module: ``functional`` (LoRA forward + hand-derived backward), ``lora``
 (``LoRALinear``), ``peft`` (model-level API in PEFT's format), ``dora`` (``DoRALinear``), ``adalora``
 (``SVDLinear`` + ``RankAllocator``), ``nf4`` (the 4-bit NormalFloat format, bit-exact with
 bitsandbytes), ``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``memory`` (byte accounting),
 ``models``/``data`` (the course's tiny pretrained LM and its Caesar task), ``training``,
-``check`` (exercise feedback) and ``widgets``.
+``check`` (exercise feedback) and ``widgets``; ``kernels`` (optional Triton kernels, equal to PyTorch references;
+imported only on demand, ``pip install 'lorakit[gpu]'``).
 """
 
 from __future__ import annotations
