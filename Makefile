@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/lora_overhead.py
 	$(BIN)/python bench/nf4.py
 	$(BIN)/python bench/dora.py
+	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/kernels.py
 
 ## Regenerate the stored experiment results (data/results/*.json): every scripts/results_*.py, in order.

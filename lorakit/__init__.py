@@ -1,12 +1,13 @@
 """lorakit: the small, tested PyTorch package behind the lorakit course (see the README).
 
-One concept per module: ``functional`` (LoRA forward + hand-derived backward), ``lora``
+One concept per module (or subpackage): ``functional`` (LoRA forward + hand-derived backward), ``lora``
 (``LoRALinear``), ``peft`` (model-level API in PEFT's format), ``dora`` (``DoRALinear``), ``adalora``
-(``SVDLinear`` + ``RankAllocator``), ``nf4`` (the 4-bit NormalFloat format, bit-exact with
-bitsandbytes), ``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``memory`` (byte accounting),
-``models``/``data`` (the course's tiny pretrained LM and its Caesar task), ``training``,
-``check`` (exercise feedback) and ``widgets``; ``kernels`` (optional Triton kernels, equal to PyTorch references;
-imported only on demand, ``pip install 'lorakit[gpu]'``).
+(``SVDLinear`` + ``RankAllocator``), ``nf4`` (the 4-bit NormalFloat format, bit-exact with bitsandbytes),
+``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``serving`` (many adapters on one base, in one batch),
+``memory`` (byte accounting), ``models``/``data`` (the course's tiny pretrained LM, MiniLM-L6, the Caesar
+task), ``training``, ``results`` (stored experiment results), ``check`` (exercise feedback) and ``widgets``;
+``kernels`` (optional Triton kernels, equal to PyTorch references; imported only on demand,
+``pip install 'lorakit[gpu]'``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lorakit.peft import (
     unmerge_lora,
 )
 from lorakit.qlora import QLoRALinear, apply_qlora, merge_qlora
+from lorakit.serving import AdapterBank, MultiLoRAModel, Router
 from lorakit.training import seed_everything
 
 __version__ = "0.1.0"
@@ -46,6 +48,7 @@ def device() -> torch.device:
 
 
 __all__ = [
+    "AdapterBank", "MultiLoRAModel", "Router",
     "NF4_OFFSET", "AdaLoRAConfig", "AdapterLayer", "adapter_layers", "unchanged_on_error",
     "DoRALinear", "LoRAConfig", "LoRALinear", "MergeWarning", "QLoRALinear",
     "QuantizedTensor", "RankAllocator", "RankWarning", "SVDLinear", "apply_adalora", "apply_lora", "apply_qlora",
