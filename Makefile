@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/nf4.py
 	$(BIN)/python bench/dora.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/family.py
 	$(BIN)/python bench/kernels.py
 
 ## Regenerate the stored experiment results (data/results/*.json): every scripts/results_*.py, in order.

@@ -12,12 +12,18 @@
 
 from __future__ import annotations
 
+import sys
+
+# bench/kernels.py (this folder is sys.path[0] for every bench script) would shadow the optional PyPI package
+# `kernels` that transformers and bitsandbytes try to import: mark it absent so they fall back cleanly.
+if "kernels" not in sys.modules or getattr(sys.modules["kernels"], "__file__", "").endswith("bench/kernels.py"):
+    sys.modules["kernels"] = None  # type: ignore[assignment]
+
 import argparse
 import datetime
 import json
 import os
 import platform
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 

@@ -3,7 +3,8 @@
 One concept per module (or subpackage): ``functional`` (LoRA forward + hand-derived backward), ``lora``
 (``LoRALinear``), ``peft`` (model-level API in PEFT's format), ``dora`` (``DoRALinear``), ``adalora``
 (``SVDLinear`` + ``RankAllocator``), ``nf4`` (the 4-bit NormalFloat format, bit-exact with bitsandbytes),
-``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``serving`` (many adapters on one base, in one batch),
+``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``family`` (IA3, VeRA, LoRA+, BitFit, prompt and prefix
+tuning, adapters, LN tuning, QDoRA, GaLore), ``serving`` (many adapters on one base, in one batch),
 ``memory`` (byte accounting), ``models``/``data`` (the course's tiny pretrained LM, MiniLM-L6, the Caesar
 task), ``training``, ``results`` (stored experiment results), ``check`` (exercise feedback) and ``widgets``;
 ``kernels`` (optional Triton kernels, equal to PyTorch references; imported only on demand,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from lorakit import family  # noqa: F401  (the wider PEFT family: lorakit.family.apply_ia3, apply_vera, ...)
 from lorakit._bnb import quiet_kernels_warning
 from lorakit.adalora import AdaLoRAConfig, RankAllocator, SVDLinear, apply_adalora, orthogonal_regularization
 from lorakit.atomic import unchanged_on_error
@@ -48,6 +50,7 @@ def device() -> torch.device:
 
 
 __all__ = [
+    "family",
     "AdapterBank", "MultiLoRAModel", "Router",
     "NF4_OFFSET", "AdaLoRAConfig", "AdapterLayer", "adapter_layers", "unchanged_on_error",
     "DoRALinear", "LoRAConfig", "LoRALinear", "MergeWarning", "QLoRALinear",
