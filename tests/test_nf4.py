@@ -391,9 +391,9 @@ def test_cuda_equals_cpu(dtype, double_quant):
 def test_chunked_cpu_decode_equals_reference(monkeypatch, blocksize, dtype):
     """The CPU decoder works in chunks; with tiny chunks every boundary case (partial last chunk, partial
     last block, odd count) is exercised against the plain formula code[c] * absmax[block]."""
-    import lorakit.nf4 as nf4_module
+    from lorakit.nf4 import kernels
 
-    monkeypatch.setattr(nf4_module, "_CPU_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(kernels, "CPU_CHUNK_BYTES", 2048)
     for n in (4096 * 3 + 1001, 2048 * 2, 2047 * 5):
         w = _randn(n, seed=n, dtype=dtype)
         q = quantize_nf4(w, blocksize=blocksize)

@@ -245,3 +245,125 @@ def test_dynamic_code_bad_signed():
 def test_mixed_devices_rejected(q):
     with pytest.raises(ValueError, match="fields must share one device"):
         dataclasses.replace(q, packed=q.packed.cuda())
+
+
+# ------------------------------------------------------------------ item 11: mutated scales are rejected
+
+BAD_SCALES = {"nan": float("nan"), "negative": -0.25, "inf": float("inf"), "minus-inf": float("-inf")}
+
+
+@pytest.mark.parametrize("value", sorted(BAD_SCALES))
+@pytest.mark.parametrize("entry", ["dequantize_4bit", "dequantize_nf4", "construct", "validate"])
+def test_mutated_absmax_is_rejected(q, entry, value):
+    """A QuantizedTensor whose absmax was mutated in place after construction (NaN, negative, inf)."""
+    q.absmax[1] = BAD_SCALES[value]
+    problem = {"nan": "NaN", "negative": "negative", "inf": "inf", "minus-inf": "inf|negative"}[value]
+    with pytest.raises(ValueError, match=rf"QuantizedTensor\.absmax must hold finite values >= 0.*({problem})"):
+        {"dequantize_4bit": dequantize_4bit, "dequantize_nf4": dequantize_nf4, "construct": dataclasses.replace,
+         "validate": QuantizedTensor.validate}[entry](q)
+
+
+@pytest.mark.parametrize("value", sorted(BAD_SCALES))
+@pytest.mark.parametrize("entry", ["dequantize_nf4", "dq.dequantize", "construct"])
+def test_mutated_double_quant_scales_are_rejected(qdq, entry, value):
+    qdq.absmax.scales[0] = BAD_SCALES[value]
+    with pytest.raises(ValueError, match=r"DoubleQuantizedAbsmax\.scales must hold finite values >= 0"):
+        if entry == "dequantize_nf4":
+            dequantize_nf4(qdq)
+        elif entry == "dq.dequantize":
+            qdq.absmax.dequantize()
+        else:
+            dataclasses.replace(qdq.absmax)
+
+
+@pytest.mark.parametrize("offset", [-1e-3, -1.0, float("inf")])
+def test_double_quant_offset_must_be_finite_and_non_negative(qdq, offset):
+    dq = qdq.absmax
+    with pytest.raises(ValueError, match="DoubleQuantizedAbsmax.offset must be"):
+        DoubleQuantizedAbsmax(dq.codes, dq.scales, offset, dq.blocksize)
+
+
+@pytest.mark.parametrize("absmax", [torch.tensor([0.5, -0.1, 0.3]), -torch.ones(300), torch.tensor([-1e-30])])
+def test_double_quantize_rejects_a_negative_absmax(absmax):
+    with pytest.raises(ValueError, match=r"absmax must hold values >= 0 \(absolute maxima\)"):
+        double_quantize(absmax)
+
+
+def test_double_quantize_accepts_zeros_and_negative_zero():
+    """Legal edge cases: an all-zero absmax, and -0.0 (a zero; >= 0 holds)."""
+    assert torch.equal(double_quantize(torch.zeros(10)).dequantize(), torch.zeros(10))
+    absmax = torch.tensor([-0.0, 0.5, 0.25])
+    dq = double_quantize(absmax)
+    assert dq.offset == 0.25 and (dq.dequantize() - absmax).abs().max().item() <= 0.25 * 0.9 / 64
+
+
+def test_zero_absmax_blocks_are_legal(q):
+    q.absmax.zero_()
+    assert torch.equal(dequantize_4bit(q), torch.zeros(4, 50))
+
+
+# ------------------------------------------------------------------ serialization helpers
+
+def test_quant_state_entries_bad_input():
+    from lorakit.nf4 import quant_state_entries
+    from lorakit.nf4.serialization import packed_as_storage, unpack_json
+
+    with pytest.raises(TypeError, match="q must be a QuantizedTensor"):
+        quant_state_entries(torch.zeros(3))
+    with pytest.raises(TypeError, match="packed must be a uint8 tensor"):
+        packed_as_storage(torch.zeros(4), torch.uint8)
+    with pytest.raises(TypeError, match="quant_storage must be a torch.dtype"):
+        packed_as_storage(torch.zeros(4, dtype=torch.uint8), "uint8")
+    with pytest.raises(ValueError, match=r"needs the packed byte count \(3\) to be a multiple of 2"):
+        packed_as_storage(torch.zeros(3, dtype=torch.uint8), torch.bfloat16)
+    with pytest.raises(ValueError, match="meta must be a 1-D uint8 tensor"):
+        unpack_json([1, 2], "meta")
+
+
+@pytest.fixture
+def entries(q):
+    from lorakit.nf4 import quant_state_entries
+
+    return {k: v.clone() for k, v in quant_state_entries(q).items()}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda p, e: (None, e), ValueError, "w must be a tensor of packed"),
+        (lambda p, e: (p, [e]), TypeError, "entries must be a dict"),
+        (lambda p, e: (p[:-1], e), ValueError, r"holds 99 bytes of packed codes"),
+        (lambda p, e: (p, {k: v for k, v in e.items() if k != "quant_map"}), ValueError, "quant_map is missing"),
+        (lambda p, e: (p, {**e, "quant_map": e["quant_map"].double()}), ValueError, "quant_map must be float32"),
+        (lambda p, e: (p, {**e, "nested_absmax": torch.ones(1)}), ValueError, "needs both"),
+        (lambda p, e: (p, {**e, "extra": torch.ones(1)}), ValueError, r"unexpected quantization entries \['w.extra'\]"),
+        (lambda p, e: (p, {**e, "quant_state.bitsandbytes__fp4": e["quant_state.bitsandbytes__nf4"]}), ValueError,
+         "exactly one"),
+    ],
+)
+def test_quantized_from_state_bad_input(q, entries, change, error, match):
+    from lorakit.nf4 import quantized_from_state
+
+    packed, bad = change(q.packed.clone(), entries)
+    with pytest.raises(error, match=match):
+        quantized_from_state(packed, bad, "w")
+
+
+def test_quantized_from_state_round_trip_and_where_type(q, entries):
+    from lorakit.nf4 import quantized_from_state
+
+    back = quantized_from_state(q.packed.view(-1, 1), entries, "w")
+    assert torch.equal(dequantize_4bit(back), dequantize_4bit(q))
+    with pytest.raises(TypeError, match="where must be a str"):
+        quantized_from_state(q.packed, entries, 3)
+
+
+def test_storage_bytes_double_quant_must_be_bool():
+    with pytest.raises(TypeError, match="double_quant must be a bool"):
+        storage_bytes(100, double_quant="yes")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int8, "bf16"])
+def test_dequantize_nf4_bad_dtype_before_anything(q, dtype):
+    with pytest.raises(TypeError, match="dtype must be float32, bfloat16, float16 or None"):
+        dequantize_nf4(q, dtype)

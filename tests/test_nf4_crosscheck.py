@@ -8,6 +8,8 @@ bitsandbytes' dequantization of the *flat* tensor, because its native CPU kernel
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -230,3 +232,54 @@ def test_cuda_double_quant_within_one_code_step():
     bnb_absmax = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
     step = dq.scales.repeat_interleave(256)[: dq.n_blocks] * (0.9 / 64)
     assert bool(((dq.dequantize() - bnb_absmax).abs() <= step + 1e-7).all())
+
+
+# ------------------------------------------------------------------ state-dict entries (bitsandbytes' format)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 128), (300, 129), (7,)])
+def test_state_entries_equal_bitsandbytes_as_dict(shape, dtype, double_quant):
+    """lorakit's state-dict entries for a tensor are bitsandbytes' ``QuantState.as_dict(packed=True)``, bit for bit
+    (the JSON metadata bytes included), so a lorakit checkpoint is a bitsandbytes checkpoint."""
+    from lorakit.nf4 import quant_state_entries
+
+    w = _weights(shape, dtype, seed=3)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    q = quantize_nf4(w, blocksize=64, double_quant=double_quant)
+    ours, theirs = quant_state_entries(q), state.as_dict(packed=True)
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_bitsandbytes_reads_lorakit_entries_and_lorakit_reads_bitsandbytes(double_quant):
+    from lorakit.nf4 import quant_state_entries, quantized_from_state
+
+    w = _weights((96, 192), torch.float32, seed=5)
+    q = quantize_nf4(w, blocksize=64, double_quant=double_quant)
+    state = F.QuantState.from_dict({k: v.clone() for k, v in quant_state_entries(q).items()}, device="cpu")
+    assert torch.equal(F.dequantize_4bit(q.packed.view(-1, 1), state).reshape(-1), dequantize_nf4(q).reshape(-1))
+    packed, bnb_state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    back = quantized_from_state(packed, bnb_state.as_dict(packed=True), "weight")
+    assert back.shape == w.shape and back.double_quant == double_quant
+    assert torch.equal(dequantize_nf4(back), F.dequantize_4bit(packed, bnb_state))
+
+
+@pytest.mark.cuda
+def test_cuda_layer_decode_equals_bitsandbytes_cuda_dequantize():
+    """The unchecked kernel a QLoRA layer runs on CUDA equals bitsandbytes' CUDA dequantize_4bit bit for bit."""
+    from lorakit.qlora import NF4Linear
+
+    w = _weights((512, 384), torch.bfloat16, seed=2, device="cuda")
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    layer = NF4Linear(quantize_nf4(w, blocksize=64), None)
+    assert layer.weight.is_cuda and torch.equal(layer.weight.view(-1), packed.view(-1))
+    fp32_state = copy.copy(state)
+    fp32_state.dtype = torch.float32  # bitsandbytes then returns the fp32 products themselves
+    assert torch.equal(layer.dequantized_weight(torch.bfloat16), F.dequantize_4bit(packed, state))
+    assert torch.equal(layer.dequantized_weight(torch.float32), F.dequantize_4bit(packed, fp32_state))
+    assert torch.equal(layer.dequantized_weight(torch.bfloat16).cpu(),
+                       NF4Linear(quantize_nf4(w.cpu(), blocksize=64), None).dequantized_weight(torch.bfloat16))

@@ -179,7 +179,7 @@ def test_merge_dense_bf16_and_exact_unmerge():
     layer = qlora()
     x = torch.randn(9, 128)
     before = layer(x)
-    new = layer.merge()
+    new = layer.merge(dtype=torch.bfloat16)  # the default is the quantized weight's dtype (fp32 here): see below
     assert layer.merged and type(new) is nn.Linear and new is layer.base
     assert new.weight.dtype == torch.bfloat16 and not new.weight.requires_grad
     torch.testing.assert_close(new.weight.float(), layer._unmerged_base.dequantized_weight(torch.float32)
