@@ -18,17 +18,20 @@ __all__ = ["plain_linear_like", "quantize_base"]
 
 def quantize_base(
     weight: torch.Tensor, bias: torch.Tensor | None, blocksize: int, double_quant: bool, compute_dtype: torch.dtype,
-    backend: str, dtype: torch.dtype,
+    backend: str, dtype: torch.dtype, quant_type: str = "nf4",
 ) -> nn.Module:
     """A frozen 4-bit layer of ``backend`` holding ``weight`` (quantized as given) and recording ``dtype``."""
-    if backend == "lorakit":
-        return NF4Linear.from_weight(weight, bias, blocksize, double_quant, compute_dtype, dtype=dtype)
+    if backend in ("lorakit", "triton"):
+        layer = NF4Linear.from_weight(weight, bias, blocksize, double_quant, compute_dtype, dtype=dtype,
+                                      quant_type=quant_type)
+        layer.matmul = "triton" if backend == "triton" else "pytorch"  # same storage, same state dict
+        return layer
     out_features, in_features = weight.shape
     like = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
     like.weight = nn.Parameter(weight.detach(), requires_grad=False)
     if bias is not None:
         like.bias = nn.Parameter(bias.detach(), requires_grad=False)
-    return bnb_linear4bit_from_linear(like, blocksize, double_quant, compute_dtype, dtype=dtype)
+    return bnb_linear4bit_from_linear(like, blocksize, double_quant, compute_dtype, dtype=dtype, quant_type=quant_type)
 
 
 def plain_linear_like(layer: QLoRALinear, dtype: torch.dtype, weight: torch.Tensor) -> nn.Linear:

@@ -31,8 +31,9 @@ def bnb_linear4bit_from_linear(
     compute_dtype: torch.dtype = torch.bfloat16,
     weight: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    quant_type: str = "nf4",
 ) -> nn.Module:
-    """``bitsandbytes.nn.Linear4bit`` (NF4) holding ``linear``'s weight (or ``weight``), on its device.
+    """``bitsandbytes.nn.Linear4bit`` (NF4, or ``quant_type="fp4"``) holding ``linear``'s weight (or ``weight``).
 
     ``dtype`` is recorded as the original weight's dtype (default: the dtype of the tensor quantized), so a
     weight summed in fp32 can be quantized as it is (one rounding) and still remember it came from bf16.
@@ -47,11 +48,11 @@ def bnb_linear4bit_from_linear(
     w = linear.weight.detach() if weight is None else weight.detach()
     layer = lib.nn.Linear4bit(
         linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute_dtype,
-        compress_statistics=double_quant, quant_type="nf4", device="meta",
+        compress_statistics=double_quant, quant_type=quant_type, device="meta",
     )
     layer.weight = lib.nn.Params4bit(
         w.contiguous(), requires_grad=False, blocksize=blocksize, compress_statistics=double_quant,
-        quant_type="nf4", module=layer,
+        quant_type=quant_type, module=layer,
     ).to(w.device)
     if dtype is not None:
         check_dtype("dtype", dtype, COMPUTE_DTYPES)

@@ -10,11 +10,15 @@ from torch import nn
 from lorakit.nf4.validation import check_blocksize
 
 __all__ = [
-    "ADAPTER_DTYPES", "BACKENDS", "COMPUTE_DTYPES", "QUANT_STORAGES", "bnb", "check_base", "check_choice",
-    "check_dtype", "check_quant_args", "is_bnb_linear4bit",
+    "ADAPTER_DTYPES", "BACKENDS", "COMPUTE_DTYPES", "QUANT_STORAGES", "QUANT_TYPES", "bnb", "check_base",
+    "check_choice", "check_dtype", "check_quant_args", "check_quant_type", "is_bnb_linear4bit", "quant_code",
 ]
 
-BACKENDS = ("lorakit", "bitsandbytes")
+#: ``"lorakit"``: pure PyTorch, any device; ``"bitsandbytes"``: ``bitsandbytes.nn.Linear4bit`` (what PEFT uses);
+#: ``"triton"``: lorakit's storage with the fused Triton 4-bit matmul (:mod:`lorakit.kernels`, optional).
+BACKENDS = ("lorakit", "bitsandbytes", "triton")
+#: The 4-bit data types of the base: NF4 (QLoRA's), and FP4 / INT4 for comparison (notebook 06, capstone).
+QUANT_TYPES = ("nf4", "fp4", "int4")
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ADAPTER_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: dtypes the packed codes may be stored as (bitsandbytes' ``quant_storage``; see NF4Linear).
@@ -44,6 +48,24 @@ def check_quant_args(blocksize: object, double_quant: object, compute_dtype: obj
     if not isinstance(double_quant, bool):
         raise TypeError(f"double_quant must be a bool, got {type(double_quant).__name__} {double_quant!r}")
     check_blocksize(blocksize)  # the same rule for both backends (bitsandbytes accepts exactly these)
+
+
+def check_quant_type(quant_type: object, backend: str = "lorakit") -> str:
+    """``quant_type`` if it is one of :data:`QUANT_TYPES` that ``backend`` supports (bitsandbytes: nf4, fp4)."""
+    if not isinstance(quant_type, str):
+        raise TypeError(f"quant_type must be one of {QUANT_TYPES}, got {type(quant_type).__name__} {quant_type!r}")
+    check_choice("quant_type", quant_type, QUANT_TYPES)
+    if backend == "bitsandbytes" and quant_type == "int4":
+        raise ValueError("quant_type='int4' is not a bitsandbytes 4-bit type (it has nf4 and fp4): use "
+                         "backend='lorakit'")
+    return quant_type
+
+
+def quant_code(quant_type: str) -> torch.Tensor:
+    """The 16 levels of ``quant_type`` (:func:`lorakit.nf4.nf4_code`, ``fp4_code``, ``int4_code``)."""
+    from lorakit.nf4 import fp4_code, int4_code, nf4_code
+
+    return {"nf4": nf4_code, "fp4": fp4_code, "int4": int4_code}[check_quant_type(quant_type)]()
 
 
 def is_bnb_linear4bit(module: object) -> bool:

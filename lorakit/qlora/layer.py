@@ -40,6 +40,7 @@ from lorakit.qlora.checks import (
     check_base,
     check_dtype,
     check_quant_args,
+    check_quant_type,
     is_bnb_linear4bit,
 )
 from lorakit.qlora.nf4_linear import NF4Linear
@@ -63,9 +64,11 @@ class QLoRALinear(LoRALinear):
             top-r singular triplets of the full-precision weight and quantizes the residual (QPiSSA).
         blocksize: weights per absmax block (64 in QLoRA). double_quant: quantize the absmax constants to
             8 bits in blocks of 256 (QLoRA's double quantization). compute_dtype: dtype of the
-            dequantized weight and of the base matmul (outside autocast). backend: ``"lorakit"`` or
-            ``"bitsandbytes"``.
+            dequantized weight and of the base matmul (outside autocast). backend: ``"lorakit"``,
+            ``"bitsandbytes"`` or ``"triton"`` (lorakit's storage, the fused 4-bit matmul of :mod:`lorakit.kernels`).
         adapter_dtype: dtype of ``lora_A``/``lora_B`` (fp32 by default, as PEFT keeps adapters on 4-bit bases).
+        quant_type: the 4-bit code of the base: ``"nf4"`` (QLoRA's), ``"fp4"`` or ``"int4"`` (for comparison;
+            bitsandbytes has nf4 and fp4).
 
     Attributes: ``base`` (:class:`~lorakit.qlora.NF4Linear` or ``bitsandbytes.nn.Linear4bit``; after
     ``merge(requantize=False)`` a dense ``nn.Linear``), ``lora_A``, ``lora_B``, ``scaling``, ``merged``,
@@ -87,9 +90,11 @@ class QLoRALinear(LoRALinear):
         backend: str = "lorakit",
         init: str = "kaiming",
         adapter_dtype: torch.dtype = torch.float32,
+        quant_type: str = "nf4",
     ) -> None:
         check_base(base)
         check_quant_args(blocksize, double_quant, compute_dtype, backend)
+        check_quant_type(quant_type, backend)
         check_dtype("adapter_dtype", adapter_dtype, ADAPTER_DTYPES)
         if not isinstance(rslora, bool):
             raise TypeError(f"rslora must be a bool, got {type(rslora).__name__} {rslora!r}")
@@ -100,18 +105,20 @@ class QLoRALinear(LoRALinear):
                              "PiSSA needs r singular vectors")
         if backend == "bitsandbytes":
             bnb()  # ImportError now, not after the base was frozen
+        if backend == "triton":
+            import lorakit.kernels.nf4_matmul  # noqa: F401  (ImportError with the install hint, before any change)
         # LoRALinear validates r/alpha/dropout/init, freezes base, creates A and B; PiSSA is done below so
         # that the caller's layer is never modified
         super().__init__(base, r, alpha, dropout, rslora, "zeros" if pissa else init, adapter_dtype)
-        self.blocksize, self.double_quant, self.compute_dtype, self.backend = (
-            blocksize, double_quant, compute_dtype, backend)
+        self.blocksize, self.double_quant, self.compute_dtype, self.backend, self.quant_type = (
+            blocksize, double_quant, compute_dtype, backend, quant_type)
         self.weight_dtype = base.weight.dtype
         self._unmerged_base: nn.Module | None = None
         weight = base.weight.detach()
         if pissa:
             weight = self._pissa_residual(weight.float())
         self.base = quantize_base(weight, base.bias, blocksize, double_quant, compute_dtype, backend,
-                                  self.weight_dtype)  # the layer keeps no reference to the full-precision weight
+                                  self.weight_dtype, quant_type)  # no reference to the full-precision weight is kept
         if pissa:
             self.init = "pissa"
 
@@ -165,7 +172,7 @@ class QLoRALinear(LoRALinear):
         # re-initialising an existing layer: only the dequantized weight is left, so PiSSA runs on it
         residual = self._pissa_residual(self.dequantized_weight(torch.float32))
         self.base = quantize_base(residual, getattr(self.base, "bias", None), self.blocksize, self.double_quant,
-                                  self.compute_dtype, self.backend, self.weight_dtype)
+                                  self.compute_dtype, self.backend, self.weight_dtype, self.quant_type)
 
     # ----------------------------------------------------------------------- merge
     @torch.no_grad()
@@ -221,7 +228,7 @@ class QLoRALinear(LoRALinear):
         merged = self._checked_merge_target(requantize, dtype)
         if requantize:
             new = quantize_base(merged, getattr(self.base, "bias", None), self.blocksize, self.double_quant,
-                                self.compute_dtype, self.backend, self.weight_dtype)
+                                self.compute_dtype, self.backend, self.weight_dtype, self.quant_type)
         else:
             new = plain_linear_like(self, dtype, merged)
         self._unmerged_base, self.base = self.base, new
@@ -273,6 +280,6 @@ class QLoRALinear(LoRALinear):
 
     def extra_repr(self) -> str:
         return (
-            f"{super().extra_repr()}, backend={self.backend!r}, blocksize={self.blocksize}, "
-            f"double_quant={self.double_quant}, compute_dtype={self.compute_dtype}"
+            f"{super().extra_repr()}, backend={self.backend!r}, quant_type={self.quant_type!r}, "
+            f"blocksize={self.blocksize}, double_quant={self.double_quant}, compute_dtype={self.compute_dtype}"
         )

@@ -12,7 +12,14 @@ from torch import nn
 
 from lorakit.atomic import unchanged_on_error
 from lorakit.peft import LoRAConfig, check_model, refuse_adapted_model, select_target_modules, set_submodule
-from lorakit.qlora.checks import ADAPTER_DTYPES, COMPUTE_DTYPES, check_base, check_dtype, check_quant_args
+from lorakit.qlora.checks import (
+    ADAPTER_DTYPES,
+    COMPUTE_DTYPES,
+    check_base,
+    check_dtype,
+    check_quant_args,
+    check_quant_type,
+)
 from lorakit.qlora.layer import QLoRALinear
 from lorakit.qlora.serialization import install_load_check
 
@@ -57,6 +64,7 @@ def apply_qlora(
     compute_dtype: torch.dtype = torch.bfloat16,
     backend: str = "lorakit",
     adapter_dtype: torch.dtype = torch.float32,
+    quant_type: str = "nf4",
 ) -> nn.Module:
     """Replace the targeted ``nn.Linear`` layers by :class:`~lorakit.qlora.QLoRALinear`, in place; return ``model``.
 
@@ -65,7 +73,8 @@ def apply_qlora(
     stacking). Every other parameter is frozen, so gradients reach only the LoRA factors.
     ``model.lora_config`` is set, so :func:`lorakit.peft.save_adapter` works unchanged and writes the same
     keys as a LoRA adapter on the same model; the whole model saves and loads through its ``state_dict``
-    (:mod:`lorakit.qlora.serialization`). Atomic: on any error the model is unchanged.
+    (:mod:`lorakit.qlora.serialization`). ``quant_type`` picks the base's 4-bit code (``"nf4"``, QLoRA's;
+    ``"fp4"``, ``"int4"`` for comparison). Atomic: on any error the model is unchanged.
     """
     check_model(model)
     if not isinstance(config, LoRAConfig):
@@ -73,7 +82,10 @@ def apply_qlora(
     if config.use_dora:
         raise ValueError("config.use_dora=True is not supported by apply_qlora (QLoRA trains plain LoRA factors)")
     check_quant_args(blocksize, double_quant, compute_dtype, backend)
+    check_quant_type(quant_type, backend)
     check_dtype("adapter_dtype", adapter_dtype, ADAPTER_DTYPES)
+    if backend == "triton":
+        import lorakit.kernels.nf4_matmul  # noqa: F401  (ImportError with the install hint, before any change)
     refuse_adapted_model(model, "apply_qlora")
     names = select_target_modules(model, config.target_modules)
     _check_targets(model, names, config)
@@ -83,7 +95,7 @@ def apply_qlora(
             base = model.get_submodule(name)
             new_layers[name] = QLoRALinear(
                 base, config.r, config.alpha, config.dropout, config.rslora, blocksize, double_quant,
-                compute_dtype, backend, config.init, adapter_dtype,
+                compute_dtype, backend, config.init, adapter_dtype, quant_type,
             )
         for p in model.parameters():
             p.requires_grad_(False)

@@ -40,7 +40,7 @@ from lorakit.nf4 import kernels
 from lorakit.nf4.codes import dynamic_code_on
 from lorakit.nf4.containers import DoubleQuantizedAbsmax, QuantizedTensor
 from lorakit.nf4.serialization import check_same_format, packed_as_storage, quant_state_entries, quantized_from_state
-from lorakit.qlora.checks import COMPUTE_DTYPES, QUANT_STORAGES, check_dtype
+from lorakit.qlora.checks import COMPUTE_DTYPES, QUANT_STORAGES, check_dtype, quant_code
 from lorakit.qlora.matmul import nf4_linear
 
 __all__ = ["NF4Linear"]
@@ -65,6 +65,10 @@ class NF4Linear(nn.Module):
     the weight that was quantized), ``blocksize``, ``double_quant``, ``compute_dtype``, ``quant_storage``;
     ``quantized`` is a :class:`~lorakit.nf4.QuantizedTensor` view of the stored state.
     """
+
+    #: ``"pytorch"`` (:func:`lorakit.qlora.nf4_linear`) or ``"triton"`` (the fused kernels of
+    #: :mod:`lorakit.kernels.nf4_matmul`, ``QLoRALinear(backend="triton")``); the storage is the same.
+    matmul = "pytorch"
 
     def __init__(
         self,
@@ -126,10 +130,12 @@ class NF4Linear(nn.Module):
         compute_dtype: torch.dtype = torch.bfloat16,
         dtype: torch.dtype | None = None,
         quant_storage: torch.dtype = torch.uint8,
+        quant_type: str = "nf4",
     ) -> NF4Linear:
         """NF4-quantize ``weight`` (any float dtype, quantized as given: one rounding); ``dtype`` is the dtype to
-        record as the original weight's (default ``weight.dtype``: what ``dequantized_weight`` and merges use)."""
-        q = nf4.quantize_nf4(weight.detach(), blocksize=blocksize, double_quant=double_quant)
+        record as the original weight's (default ``weight.dtype``: what ``dequantized_weight`` and merges use).
+        ``quant_type="fp4"``/``"int4"`` stores the same layout with another 16-level code (the capstone's table)."""
+        q = nf4.quantize_4bit(weight.detach(), quant_code(quant_type), blocksize=blocksize, double_quant=double_quant)
         if dtype is not None and dtype != q.dtype:
             check_dtype("dtype", dtype, COMPUTE_DTYPES)
             q = QuantizedTensor(q.packed, q.absmax, q.shape, dtype, q.blocksize, q.code)
@@ -193,9 +199,16 @@ class NF4Linear(nn.Module):
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features in its last dim but the layer expects {self.in_features}")
-        out = nf4_linear(x, self.weight, self.bias, self.absmax, self.pair_table, tuple(self.weight_shape),
-                         self.blocksize, self.compute_dtype, self.nested_absmax, self.nested_offset,
-                         self.nested_quant_map, self.nested_blocksize or 256)
+        if self.matmul == "triton":
+            from lorakit.kernels.nf4_matmul import nf4_linear as fused_nf4_linear
+
+            out = fused_nf4_linear(x, self.weight, self.bias, self.absmax, self.quant_map, tuple(self.weight_shape),
+                                   self.blocksize, self.compute_dtype, self.nested_absmax, self.nested_offset,
+                                   self.nested_quant_map, self.nested_blocksize or 256)
+        else:
+            out = nf4_linear(x, self.weight, self.bias, self.absmax, self.pair_table, tuple(self.weight_shape),
+                             self.blocksize, self.compute_dtype, self.nested_absmax, self.nested_offset,
+                             self.nested_quant_map, self.nested_blocksize or 256)
         return out.to(x.dtype)
 
     # ------------------------------------------------------------------ moves and casts
