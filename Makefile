@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lorakit-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+SOLUTIONS := $(sort $(wildcard notebooks/solutions/[0-9][0-9]_*.ipynb))
 # Notebook outputs are compared digit for digit: fix the CPU thread count so they do not depend on
 # how many cores the machine has.
 export OMP_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
-.PHONY: lab test lint unit notebooks notebook execute bench results constraints clean
+.PHONY: lab test lint unit notebooks notebook execute solutions site test-browser bench results constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## Set up (first time) and run every check: ruff, pytest, nbval (strict) on all notebooks.
+## Set up (first time) and run every check: ruff, pytest, nbval (strict) on all notebooks and their solutions.
 test: $(STAMP) lint unit notebooks
 
 lint: $(STAMP)
@@ -35,7 +36,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest -q $(NBVAL) $(NOTEBOOKS)
+	$(BIN)/python -m pytest -q $(NBVAL) $(NOTEBOOKS) $(SOLUTIONS)
 
 ## One notebook's checks: make notebook NB=notebooks/01_lora_forward.ipynb
 notebook: $(STAMP)
@@ -44,6 +45,19 @@ notebook: $(STAMP)
 ## Re-execute notebooks in place (after lorakit changes what they print): make execute [NB=...]
 execute: $(STAMP)
 	$(BIN)/python scripts/execute_notebooks.py $(or $(NB),$(NOTEBOOKS))
+
+## Split the exercises' solutions out to notebooks/solutions/ and re-execute both: make solutions [NB=...]
+solutions: $(STAMP)
+	$(BIN)/python scripts/make_solutions.py $(NB)
+
+## The course as a static website that works offline: build/site/index.html
+site: $(STAMP)
+	$(BIN)/python scripts/build_site.py --out build/site
+
+## A learner's session in a real headless browser (JupyterLab + Chromium via Playwright), screenshots in
+## build/screenshots/; installs Debian's chromium with apt when missing and root, otherwise skips with a message.
+test-browser: site
+	$(BIN)/python scripts/check_browser.py --site build/site
 
 ## Benchmarks (not tests): results go to bench/results/.
 bench: $(STAMP)
@@ -64,4 +78,4 @@ constraints: $(STAMP)
 	(head -3 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu//') > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build

@@ -19,24 +19,24 @@ def last_line(capsys) -> str:
 # --------------------------------------------------------------------------- report
 def test_report_correct(capsys):
     assert report("01.1", True, "42") is True
-    assert last_line(capsys) == "✅ [01.1] correct: 42"
+    assert last_line(capsys) == "PASS [01.1] correct: 42"
 
 
 def test_report_correct_without_message(capsys):
     assert report("01.1", True) is True
-    assert last_line(capsys) == "✅ [01.1] correct"
+    assert last_line(capsys) == "PASS [01.1] correct"
 
 
 def test_report_wrong(capsys):
     assert report("02.3", False, "got 7", hint="think of r") is False
-    assert last_line(capsys) == "❌ [02.3] not yet: got 7 (hint: think of r)"
+    assert last_line(capsys) == "TRY AGAIN [02.3] not yet: got 7 (hint: think of r)"
 
 
 def test_report_not_answered(capsys):
     assert report("03.1", None, hint="alpha / r") is False
-    assert last_line(capsys) == "⏳ [03.1] not answered yet (hint: alpha / r)"
+    assert last_line(capsys) == "TO DO [03.1] not answered yet (hint: alpha / r)"
     report("03.1", None)
-    assert last_line(capsys) == "⏳ [03.1] not answered yet"
+    assert last_line(capsys) == "TO DO [03.1] not answered yet"
 
 
 # --------------------------------------------------------------------------- is_close
@@ -74,26 +74,26 @@ def test_is_close_accepts_numpy_numbers():
 # --------------------------------------------------------------------------- grade_value
 def test_grade_value(capsys):
     assert grade_value("05.1", None, 16, hint="bytes per parameter") is False
-    assert last_line(capsys).startswith("⏳")
+    assert last_line(capsys).startswith("TO DO ")
     assert grade_value("05.1", 16, 16) is True
-    assert last_line(capsys).startswith("✅")
+    assert last_line(capsys).startswith("PASS ")
     line_ok = grade_value("05.1", 0.1 + 0.2, 0.3)
     assert line_ok is True
-    assert last_line(capsys).startswith("✅")
+    assert last_line(capsys).startswith("PASS ")
     assert grade_value("05.1", 12, 16, hint="count Adam's m and v") is False
     line = last_line(capsys)
-    assert line.startswith("❌") and "got 12" in line and "hint: count Adam's m and v" in line
+    assert line.startswith("TRY AGAIN ") and "got 12" in line and "hint: count Adam's m and v" in line
 
 
 def test_grade_value_tensor(capsys):
     expected = torch.arange(6.0).reshape(2, 3)
     assert grade_value("01.2", expected.clone(), expected) is True
-    assert last_line(capsys).startswith("✅")
+    assert last_line(capsys).startswith("PASS ")
     assert grade_value("01.2", expected.t(), expected) is False
     line = last_line(capsys)
-    assert line.startswith("❌") and "shape (3, 2), expected (2, 3)" in line
+    assert line.startswith("TRY AGAIN ") and "shape (3, 2), expected (2, 3)" in line
     assert grade_value("01.2", expected + 1, expected) is False
-    assert last_line(capsys).startswith("❌")
+    assert last_line(capsys).startswith("TRY AGAIN ")
 
 
 # --------------------------------------------------------------------------- grade_choice
@@ -103,17 +103,17 @@ OPTIONS = {"a": "no: A is random at init", "b": "yes: B = 0 makes the bypass zer
 def test_grade_choice(capsys):
     assert grade_choice("02.1", None, "b", OPTIONS) is False
     line = last_line(capsys)
-    assert line.startswith("⏳") and "['a', 'b', 'c']" in line
+    assert line.startswith("TO DO ") and "['a', 'b', 'c']" in line
     assert grade_choice("02.1", "b", "b", OPTIONS) is True
-    assert last_line(capsys) == "✅ [02.1] correct: yes: B = 0 makes the bypass zero"
+    assert last_line(capsys) == "PASS [02.1] correct: yes: B = 0 makes the bypass zero"
     assert grade_choice("02.1", " B ", "b", OPTIONS) is True
-    assert last_line(capsys).startswith("✅")
+    assert last_line(capsys).startswith("PASS ")
     assert grade_choice("02.1", "a", "b", OPTIONS) is False
     line = last_line(capsys)
-    assert line.startswith("❌") and "A is random" in line
+    assert line.startswith("TRY AGAIN ") and "A is random" in line
     assert grade_choice("02.1", "z", "b", OPTIONS) is False
     line = last_line(capsys)
-    assert line.startswith("❌") and "not one of the options" in line
+    assert line.startswith("TRY AGAIN ") and "not one of the options" in line
 
 
 # --------------------------------------------------------------------------- grade_callable
@@ -127,18 +127,18 @@ CASES = [(1, 2, 3), (8, 4096, 4096), (4, 10, 20)]
 def test_grade_callable_correct(capsys):
     assert grade_callable("01.3", lambda r, i, o: r * i + r * o, reference, CASES) is True
     line = last_line(capsys)
-    assert line.startswith("✅") and "3 cases" in line
+    assert line.startswith("PASS ") and "3 cases" in line
 
 
 def test_grade_callable_not_answered(capsys):
     assert grade_callable("01.3", None, reference, CASES, hint="r (d_in + d_out)") is False
-    assert last_line(capsys).startswith("⏳")
+    assert last_line(capsys).startswith("TO DO ")
 
 
 def test_grade_callable_wrong(capsys):
     assert grade_callable("01.3", lambda r, i, o: r * i * o, reference, CASES, hint="count A and B") is False
     line = last_line(capsys)
-    assert line.startswith("❌") and "differs" in line and "count A and B" in line
+    assert line.startswith("TRY AGAIN ") and "differs" in line and "count A and B" in line
 
 
 def test_grade_callable_raises(capsys):
@@ -147,7 +147,7 @@ def test_grade_callable_raises(capsys):
 
     assert grade_callable("01.3", broken, reference, CASES) is False
     line = last_line(capsys)
-    assert line.startswith("❌") and "raised KeyError" in line
+    assert line.startswith("TRY AGAIN ") and "raised KeyError" in line
 
 
 def test_grade_callable_tuples_and_tensors(capsys):
@@ -156,10 +156,10 @@ def test_grade_callable_tuples_and_tensors(capsys):
 
     cases = [(torch.ones(3),), (torch.arange(4.0),)]
     assert grade_callable("04.1", lambda x: (x + x, x.sum()), ref, cases) is True
-    assert last_line(capsys).startswith("✅")
+    assert last_line(capsys).startswith("PASS ")
     assert grade_callable("04.1", lambda x: x * 2, ref, cases) is False  # not a tuple
-    assert last_line(capsys).startswith("❌")
+    assert last_line(capsys).startswith("TRY AGAIN ")
     assert grade_callable("04.1", lambda x: (x * 2,), ref, cases) is False  # wrong length
-    assert last_line(capsys).startswith("❌")
+    assert last_line(capsys).startswith("TRY AGAIN ")
     assert grade_callable("04.1", lambda x: (x * 2, x.sum() + 1), ref, cases) is False
-    assert last_line(capsys).startswith("❌")
+    assert last_line(capsys).startswith("TRY AGAIN ")

@@ -28,3 +28,14 @@ def test_q3_base_model_answers_rot1():
     assert nb00.q3(shift_word(nb00.Q3_WORD, 3)) is False
     assert nb00.q3(3) is False
     assert nb00.q3(None) is False
+
+
+def test_q4_steps_to_threshold():
+    steps, em = [0, 25, 50, 75], [0.0, 0.3, 0.95, 1.0]
+    assert nb00.q4(50, steps, em) is True
+    assert nb00.q4(75, steps, em) is False
+    assert nb00.q4(25, steps, em, threshold=0.3) is True
+    assert nb00.q4(50.0, steps, em) is False
+    assert nb00.q4(True, steps, em) is False
+    assert nb00.q4(None, steps, em) is False
+    assert nb00.q4("none", steps, [0.0] * 4) is True  # never reached

@@ -52,3 +52,10 @@ def test_q4_flop_overhead() -> None:
 def test_flop_overhead_validates() -> None:
     with pytest.raises(ValueError, match="r must be"):
         nb04.bypass_flop_overhead(4, 4, 0)
+
+
+def test_q5_choice() -> None:
+    assert nb04.q5("b") is True
+    for wrong in ("a", "c", "d", "e"):
+        assert nb04.q5(wrong) is False
+    assert nb04.q5(None) is False

@@ -57,3 +57,14 @@ def test_q4_lora_count_from_formula() -> None:
 def test_helpers() -> None:
     assert nb05.full_finetune_bytes_per_param() == 2 + 2 + 4 + 4 + 4
     assert nb05.full_finetune_gib("65B") == pytest.approx(16 * llama_parameter_count("65B") / 2**30)
+
+
+def test_q5_checkpoint_factor() -> None:
+    assert nb05.checkpoint_flop_factor("full") == pytest.approx(4 / 3)
+    assert nb05.checkpoint_flop_factor("lora") == pytest.approx(1.5)
+    assert nb05.q5(1.5) is True
+    assert nb05.q5(4 / 3) is False  # full fine-tuning's factor
+    assert nb05.q5(2.0) is False
+    assert nb05.q5(None) is False
+    with pytest.raises(ValueError, match="method must be"):
+        nb05.checkpoint_flop_factor("qlora")

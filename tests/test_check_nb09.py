@@ -81,3 +81,17 @@ def test_magnitude_direction_change_values() -> None:
     assert magnitude_direction_change(Wt, W0) == pytest.approx((0.0, 1.0), abs=1e-12)
     with pytest.raises(ValueError, match="same shape"):
         magnitude_direction_change(W0, W0.t()[:1])
+
+
+def test_q6_rank_for_energy() -> None:
+    s = torch.tensor(nb09.Q6_SINGULAR_VALUES, dtype=torch.float64)
+    energy = (s**2).cumsum(0) / (s**2).sum()
+    expected = int((energy < 0.9).sum()) + 1
+    assert energy[expected - 1] >= 0.9 > energy[expected - 2]
+    assert nb09.q6(expected) is True
+    assert nb09.q6(expected - 1) is False
+    by_values = int(((s.cumsum(0) / s.sum()) < 0.9).sum()) + 1  # summing s_i instead of s_i^2
+    assert by_values != expected and nb09.q6(by_values) is False
+    assert nb09.q6(float(expected)) is False
+    assert nb09.q6(None) is False
+    assert nb09.q6(1, singular_values=(3.0, 1.0), fraction=0.9) is True

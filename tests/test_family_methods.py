@@ -460,3 +460,19 @@ def test_the_comparison_harness_trains_and_measures_every_table_arm_for_a_few_st
     assert len(TABLE) == 11 and all(name in METHODS for name in TABLE)
     times = fastest_interleaved({"a": lambda: None, "b": lambda: sum(range(100))}, repeats=3, warmup=1)
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_prompt_tuning_on_an_encoder_returns_the_real_tokens_hidden_states():
+    transformers = pytest.importorskip("transformers")
+    from lorakit.family import PromptTuningConfig, apply_prompt_tuning
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32)
+    bert = transformers.BertModel(cfg).eval()
+    model = apply_prompt_tuning(bert, PromptTuningConfig(num_virtual_tokens=3))
+    ids = torch.randint(0, 50, (2, 5))
+    out = model(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+    assert out.last_hidden_state.shape == (2, 5, 16)
+    out.last_hidden_state.sum().backward()
+    assert model.prompt_embeddings.grad is not None and model.prompt_embeddings.grad.abs().sum() > 0

@@ -3,33 +3,76 @@
 Each notebook has a module ``lorakit.check.nbNN`` whose functions take the learner's answer, compute
 the expected one with lorakit (never a hard-coded number), and print one line::
 
-    ✅ [01.2] correct: ...        ❌ [01.2] not yet: <what is off> (hint: ...)
-    ⏳ [01.2] not answered yet (hint: ...)
+    PASS [01.2] correct: ...        TRY AGAIN [01.2] not yet: <what is off> (hint: ...)
+    TO DO [01.2] not answered yet (hint: ...)
 
-and return True/False, so a teacher can also assert on them.
+The markers are plain words (:data:`MARKERS`), so they read the same without an emoji font, in a terminal
+and in a saved notebook; :mod:`lorakit.check.collect` reads them back out of students' notebooks for a
+teacher. Each checker returns True/False, so a teacher can also assert on them; end the checker call with
+``;`` in a notebook cell so the True/False is not echoed under the line.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import sys
+import types
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["report", "is_close", "grade_value", "grade_choice", "grade_callable"]
+__all__ = ["MARKERS", "report", "results", "is_close", "grade_value", "grade_choice", "grade_callable"]
+
+#: The plain-text verdict markers (the first word(s) of every checker line).
+MARKERS: dict[str, str] = {"pass": "PASS", "fail": "TRY AGAIN", "todo": "TO DO"}
+_RESULTS: dict[str, bool | None] = {}
 
 
 def report(exercise: str, ok: bool | None, message: str = "", hint: str = "") -> bool:
     """Print the one-line verdict and return ``bool(ok)`` (``ok=None``: not answered yet)."""
     hint_txt = f" (hint: {hint})" if hint else ""
     if ok is None:
-        print(f"⏳ [{exercise}] not answered yet{hint_txt}")
+        line = f"{MARKERS['todo']} [{exercise}] not answered yet{hint_txt}"
     elif ok:
-        print(f"✅ [{exercise}] correct{': ' + message if message else ''}")
+        line = f"{MARKERS['pass']} [{exercise}] correct{': ' + message if message else ''}"
     else:
-        print(f"❌ [{exercise}] not yet: {message}{hint_txt}")
+        line = f"{MARKERS['fail']} [{exercise}] not yet: {message}{hint_txt}"
+    print(" ".join(line.split("\n")))
+    _RESULTS[exercise] = None if ok is None else bool(ok)
     return bool(ok)
+
+
+def results() -> dict[str, bool | None]:
+    """The latest verdict of every exercise checked in this session (``None``: not answered yet)."""
+    return dict(_RESULTS)
+
+
+def _semicolon_silences_without_history() -> None:
+    """Make a trailing ``;`` silence a checker cell's True/False also when the cell runs without history.
+
+    IPython decides "does the cell end with ';'?" from the last entry of its input history, which is not written
+    when a cell is executed with ``store_history=False`` (nbval does that). It then echoes the checker's return
+    value under nbval but not in JupyterLab, and a committed notebook cannot satisfy both. This reads the cell
+    being run instead (``displayhook.exec_result``); with history, the answer is the same as IPython's.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    hook = getattr(shell, "displayhook", None)
+    if hook is None or getattr(hook, "_lorakit_quiet", False) or not hasattr(hook, "semicolon_at_end_of_expression"):
+        return
+    original = hook.quiet
+
+    def quiet(self) -> bool:
+        result = getattr(self, "exec_result", None)
+        raw = getattr(getattr(result, "info", None), "raw_cell", None)
+        return self.semicolon_at_end_of_expression(raw) if isinstance(raw, str) else original()
+
+    hook.quiet = types.MethodType(quiet, hook)
+    hook._lorakit_quiet = True
+
+
+_semicolon_silences_without_history()
 
 
 def is_close(answer: object, expected: object, rtol: float = 1e-6, atol: float = 0.0) -> bool:

@@ -70,3 +70,20 @@ def q3(answer: object) -> bool:
     if got == expected:
         return report("00.3", True, f"the base model writes {expected!r}: a shift by one, not Caesar's three")
     return report("00.3", False, f"got {answer!r}", hint)
+
+
+def q4(answer: object, eval_steps: list[int], exact_match: list[float], threshold: float = 0.9) -> bool:
+    """00.4: the first evaluated step of the tour's run whose held-out exact-match reaches ``threshold``."""
+    from lorakit.results import steps_to_threshold
+
+    expected = steps_to_threshold(eval_steps, exact_match, threshold)
+    hint = f"walk along (eval_steps, exact_match) and stop at the first value >= {threshold}"
+    if answer is None:
+        return report("00.4", None, hint=hint)
+    if expected is None:
+        return grade_choice("00.4", answer, "none", {"none": "the run never reached the threshold"})
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return report("00.4", False, f"expected a step number (an int), got {answer!r}", hint)
+    if answer == expected:
+        return report("00.4", True, f"step {expected}: before it the curve sits on a plateau, then it jumps")
+    return report("00.4", False, f"got step {answer}", hint)

@@ -11,7 +11,7 @@ import math
 from lorakit.check import grade_choice, grade_value, is_close, report
 from lorakit.lora import lora_scaling
 
-__all__ = ["q1", "q2", "q3", "q4", "q5", "Q1_R", "Q1_ALPHA", "Q2_R", "Q5_R", "Q5_ALPHA"]
+__all__ = ["q1", "q2", "q3", "q4", "q5", "q6", "Q1_R", "Q1_ALPHA", "Q2_R", "Q5_R", "Q5_ALPHA"]
 
 Q1_R, Q1_ALPHA = 64, 16
 Q2_R = 256
@@ -70,3 +70,11 @@ def q5(answer: object) -> bool:
     want = lora_scaling(Q5_R, Q5_ALPHA) / lora_scaling(Q5_R, 1.0, rslora=True)
     return grade_value("03.5", answer, want,
                        hint=f"solve alpha'/sqrt({Q5_R}) = {Q5_ALPHA}/{Q5_R} for alpha'", rtol=1e-4)
+
+
+def q6(answer: object, d_in: int = 128, d_out: int = 256) -> bool:
+    """03.6: the rank the rule of thumb ``sqrt(min(d_in, d_out)) / 4`` suggests for a ``d_in x d_out`` layer."""
+    from lorakit.pitfalls.lora import rank_rule_of_thumb
+
+    return grade_value("03.6", answer, rank_rule_of_thumb(d_in, d_out), rtol=1e-3,
+                       hint=f"min({d_in}, {d_out}) first, then its square root, then divide by 4 (no rounding)")

@@ -12,7 +12,7 @@ import torch
 from lorakit.check import grade_callable, grade_choice, grade_value
 from lorakit.lora import lora_scaling
 
-__all__ = ["q1", "q2", "q3", "q4", "merged_weight_reference", "bypass_flop_overhead"]
+__all__ = ["q1", "q2", "q3", "q4", "q5", "merged_weight_reference", "bypass_flop_overhead"]
 
 
 def merged_weight_reference(
@@ -84,3 +84,15 @@ def q4(answer: object, d_in: int = 4096, d_out: int = 11008, r: int = 16) -> boo
         "04.4", answer, expected, rtol=1e-3,
         hint="bypass 2*T*r*(d_in+d_out) FLOPs over the base 2*T*d_in*d_out; answer a fraction, not a percentage",
     )
+
+
+def q5(answer: object) -> bool:
+    """04.5 (choice): why the unmerged bf16 layer's worst output error exceeds the merged layer's."""
+    return grade_choice("04.5", answer, "b", {
+        "a": "no: the merged layer rounds its weights, which the unmerged layer does not; that alone would make "
+             "the merged one worse, yet it is the better of the two in the worst case",
+        "b": "yes: the unmerged layer rounds W0 x to bf16 and then the sum with the bypass again; the merged layer "
+             "rounds each output once, and its weight-rounding errors largely cancel inside the dot products",
+        "c": "no: lorakit keeps the adapter in fp32 on a bf16 base, so the bypass itself is accurate",
+        "d": "no: both layers see the same bf16 input; the input rounding is common to both",
+    })

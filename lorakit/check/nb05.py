@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from lorakit.check import grade_choice, grade_value
 from lorakit.memory import LLAMA_SHAPES, llama_parameter_count, lora_parameter_count, training_bytes
 
-__all__ = ["q1", "q2", "q3", "q4", "full_finetune_bytes_per_param", "full_finetune_gib"]
+__all__ = ["q1", "q2", "q3", "q4", "q5", "checkpoint_flop_factor", "full_finetune_bytes_per_param",
+           "full_finetune_gib"]
 
 
 def full_finetune_bytes_per_param() -> float:
@@ -72,3 +73,22 @@ def q4(
         "05.4", answer, expected, rtol=1e-9,
         hint="each adapted [d_out, d_in] layer adds r (d_in + d_out) parameters; multiply by the layer count",
     )
+
+
+def checkpoint_flop_factor(method: str) -> float:
+    """Notebook 05, eq. (6): FLOPs of a step with gradient checkpointing over a step without.
+
+    Each big matmul costs one forward ``F``; the backward is ``2F`` (input and weight gradients) under full
+    fine-tuning and ``F`` under LoRA (the frozen weights need no weight gradient); checkpointing adds one ``F``.
+    """
+    backward = {"full": 2.0, "lora": 1.0}
+    if method not in backward:
+        raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
+    return (1.0 + backward[method] + 1.0) / (1.0 + backward[method])
+
+
+def q5(answer: object) -> bool:
+    """05.5: by what factor does gradient checkpointing multiply the FLOPs of a LoRA training step (eq. 6)?"""
+    return grade_value("05.5", answer, checkpoint_flop_factor("lora"), rtol=1e-3,
+                       hint="count forwards: a LoRA step is 1 forward + 1 backward of the same size; checkpointing "
+                            "adds one forward")

@@ -120,8 +120,9 @@ def q5(answer: object) -> bool:
             "b": "no: the bf16 merge keeps the update (bf16 rounding only) but the layer becomes dense, 2 bytes "
             "per weight, four times the NF4 storage",
             "c": "a weight's code only changes if s B A moves it across the midpoint to the next NF4 level; an "
-            "update small next to half a step is rounded away, and every weight picks up a fresh rounding "
-            "error; keep the adapter unmerged on the 4-bit base or merge into bf16",
+            "update small next to half a step is rounded away (the weight falls back to its old level and its "
+            "update is lost), a larger one lands on a new level with a new rounding error; keep the adapter "
+            "unmerged on the 4-bit base or merge into bf16",
             "d": "no: quantizing s B A on its own grid and adding codes is not defined (the two blocks have "
             "different absmax scales), and the sum would still have to be rounded to one grid",
         },

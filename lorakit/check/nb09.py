@@ -9,10 +9,15 @@ from collections.abc import Callable
 
 import torch
 
-from lorakit.check import grade_callable, grade_choice, grade_value
+from lorakit.analysis import rank_for_energy
+from lorakit.check import grade_callable, grade_choice, grade_value, report
 from lorakit.dora import dora_weight_norm, magnitude_direction_change
 
-__all__ = ["q1", "q2", "q3", "q4", "q5", "dora_weight_reference", "dora_trainable_parameters"]
+__all__ = ["Q6_SINGULAR_VALUES", "q1", "q2", "q3", "q4", "q5", "q6", "dora_trainable_parameters",
+           "dora_weight_reference"]
+
+#: 09.6: the singular values of an update dW (notebook 09, section 5): how many directions hold 90 % of ||dW||^2?
+Q6_SINGULAR_VALUES = (4.0, 2.0, 1.5, 1.0, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 def dora_weight_reference(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
@@ -105,4 +110,16 @@ def q5(fn: Callable | None) -> bool:
     return grade_callable(
         "09.5", fn, magnitude_direction_change, _change_cases(),
         hint="norms and cosines over dim=1 (each output row); average |Δnorm| and (1 - cos) over the rows",
+    )
+
+
+def q6(answer: object, singular_values: tuple[float, ...] = Q6_SINGULAR_VALUES, fraction: float = 0.9) -> bool:
+    """09.6: the smallest rank r whose best rank-r approximation keeps ``fraction`` of ``||dW||_F^2``."""
+    expected = rank_for_energy(torch.tensor(singular_values, dtype=torch.float64), fraction)
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, int)):
+        return report("09.6", False, f"answer a rank, an int, got {answer!r}")
+    return grade_value(
+        "09.6", answer, expected, rtol=0.0,
+        hint="the best rank-r approximation keeps sum of the r largest s_i^2 over sum of all s_i^2 (Eckart-Young): "
+        "square the singular values, not the values themselves, and find the first r reaching the fraction",
     )

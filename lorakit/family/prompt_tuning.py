@@ -151,7 +151,8 @@ class VirtualTokenEmbedding(AdapterLayer):
 class PromptTuningModel(AdapterLayer):
     """``base`` with a trainable soft prompt ``prompt_embeddings [n, d]``; ``model(input_ids, ...)`` as before.
 
-    Returns what ``base`` returns, with the logits of the ``n`` virtual positions removed.
+    Returns what ``base`` returns, with the ``n`` virtual positions removed from its logits (a decoder) or
+    its ``last_hidden_state`` (an encoder such as MiniLM), so outputs line up with the input tokens.
     """
 
     adapter_kind = "prompt tuning"
@@ -181,6 +182,9 @@ class PromptTuningModel(AdapterLayer):
             labels = kwargs.get("labels")
             if labels is not None:
                 kwargs["labels"] = torch.cat([labels.new_full((b, n), -100), labels], dim=1)
+            token_types = kwargs.get("token_type_ids")  # encoders (BERT): the prompt is segment 0
+            if token_types is not None:
+                kwargs["token_type_ids"] = torch.cat([token_types.new_zeros(b, n), token_types], dim=1)
             out = self.base(*args, inputs_embeds=embeds, **kwargs)
         else:
             if kwargs or args:
@@ -194,7 +198,10 @@ class PromptTuningModel(AdapterLayer):
                 embedding.pending = None
         if isinstance(out, torch.Tensor):
             return out[:, n:]
-        out.logits = out.logits[:, n:]
+        for field in ("logits", "last_hidden_state"):  # a decoder's logits, an encoder's hidden states
+            value = getattr(out, field, None)
+            if isinstance(value, torch.Tensor):
+                setattr(out, field, value[:, n:])
         return out
 
     def extra_repr(self) -> str:
