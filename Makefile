@@ -12,7 +12,7 @@ export OMP_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
-.PHONY: lab test lint unit notebooks notebook execute solutions site test-browser bench results constraints clean
+.PHONY: lab test lint unit notebooks notebook execute solutions site test-browser distributed bench results constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ site: $(STAMP)
 ## build/screenshots/; installs Debian's chromium with apt when missing and root, otherwise skips with a message.
 test-browser: site
 	$(BIN)/python scripts/check_browser.py --site build/site
+
+## A 2-process QLoRA + FSDP run on this machine (gloo on CPU, nccl on GPUs): build/distributed_run.json
+distributed: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 scripts/train_distributed.py --method qlora --engine fsdp --out build/distributed_run.json
 
 ## Benchmarks (not tests): results go to bench/results/.
 bench: $(STAMP)

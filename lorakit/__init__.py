@@ -5,8 +5,9 @@ One concept per module (or subpackage): ``functional`` (LoRA forward + hand-deri
 (``SVDLinear`` + ``RankAllocator``), ``nf4`` (the 4-bit NormalFloat format, bit-exact with bitsandbytes),
 ``qlora`` (``QLoRALinear`` on a frozen NF4 base), ``family`` (IA3, VeRA, LoRA+, BitFit, prompt and prefix
 tuning, adapters, LN tuning, QDoRA, GaLore), ``serving`` (many adapters on one base, in one batch),
-``memory`` (byte accounting), ``models``/``data`` (the course's tiny pretrained LM, MiniLM-L6, the Caesar
-task), ``training``, ``results`` (stored experiment results), ``sweeps`` and ``analysis`` (the seeded
+``distributed`` (DDP/FSDP2: global-batch loss, collective adapter save, bytes per rank), ``memory`` (byte
+accounting), ``models``/``data`` (the course's tiny pretrained LM, MiniLM-L6, the Caesar task), ``training``,
+``results`` (stored experiment results), ``sweeps`` and ``analysis`` (the seeded
 sweeps and the spectra/subspace analyses the notebooks run), ``pitfalls`` (the deliberate mistakes the course
 shows), ``check`` (exercise feedback and a teacher's report), ``widgets`` and ``drill`` (the question bank, quiz,
 flashcards and mock interview);

@@ -140,6 +140,17 @@ def _check_config_matches(model: nn.Module, layers: dict[str, LoRALinear], confi
                          + "; ".join(problems))
 
 
+def refuse_sharded(model: nn.Module) -> None:
+    """ValueError when ``model`` holds FSDP2 shards (DTensors): one rank cannot write whole tensors from them."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without torch.distributed.tensor cannot shard with FSDP2 either
+        return
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError("model is sharded (FSDP2: its parameters are DTensor shards); gather them first with "
+                         "lorakit.distributed.save_adapter(model, directory), called on every rank")
+
+
 def save_adapter(
     model: nn.Module, directory: str | os.PathLike, config: LoRAConfig | None = None, convert_pissa: bool = False
 ) -> Path:
@@ -152,6 +163,7 @@ def save_adapter(
     original base (see the module docstring). AdaLoRA models are written in PEFT's AdaLoRA format.
     """
     check_model(model)
+    refuse_sharded(model)
     directory = check_directory(directory, must_exist=False)
     if not isinstance(convert_pissa, bool):
         raise TypeError(f"convert_pissa must be a bool, got {type(convert_pissa).__name__}")
