@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["AdapterLayer", "adapter_layers", "adapted_owner"]
+__all__ = ["AdapterLayer", "LinearAdapterLayer", "adapter_layers", "adapted_owner"]
 
 
 class AdapterLayer(nn.Module):
@@ -26,6 +26,18 @@ class AdapterLayer(nn.Module):
     """
 
     adapter_kind: str = "adapter"
+
+
+class LinearAdapterLayer(AdapterLayer):
+    """An adapter layer around a linear ``base``: it reports the base's ``in_features`` and ``out_features``."""
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:

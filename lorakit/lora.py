@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lorakit.functional import lora_linear
-from lorakit.layers import AdapterLayer
+from lorakit.layers import LinearAdapterLayer
 
 INITS = ("kaiming", "gaussian", "zeros", "pissa")
 
@@ -74,7 +74,7 @@ def frozen_linear_like(base: nn.Linear, weight: torch.Tensor) -> nn.Linear:
     return linear
 
 
-class LoRALinear(AdapterLayer):
+class LoRALinear(LinearAdapterLayer):
     """Wrap a frozen ``nn.Linear`` with a LoRA bypass; see the module docstring.
 
     Args:
@@ -135,14 +135,6 @@ class LoRALinear(AdapterLayer):
         self.lora_B = nn.Parameter(torch.empty(base.out_features, r, **factory))
         self.merged = False
         self.reset_lora_parameters(init)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @torch.no_grad()
     def reset_lora_parameters(self, init: str = "kaiming") -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.layers import AdapterLayer
+from lorakit.layers import LinearAdapterLayer
 from lorakit.lora import MergeWarning, validate_lora_args
 from lorakit.peft import check_model
 
@@ -41,7 +41,7 @@ INIT_STD = 0.02
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class SVDLinear(AdapterLayer):
+class SVDLinear(LinearAdapterLayer):
     """A frozen ``nn.Linear`` plus the AdaLoRA bypass ``P Λ Q`` (see the module docstring, eq. 1).
 
     Args:
@@ -84,14 +84,6 @@ class SVDLinear(AdapterLayer):
         self.register_buffer("rank_mask", None, persistent=False)
         self.merged = False
         self.reset_parameters()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def effective_scaling(self) -> float:

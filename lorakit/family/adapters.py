@@ -42,7 +42,7 @@ from lorakit.family.config import (
     check_targets,
     read_peft_dict,
 )
-from lorakit.layers import AdapterLayer
+from lorakit.layers import LinearAdapterLayer
 from lorakit.peft import check_model, select_target_modules
 
 __all__ = ["ACTIVATIONS", "ADAPTER_KINDS", "AdapterConfig", "BottleneckAdapterLinear", "adapter_layers_of",
@@ -92,7 +92,7 @@ class AdapterConfig:
             raise ValueError(f"{source}: {err}") from None
 
 
-class BottleneckAdapterLinear(AdapterLayer):
+class BottleneckAdapterLinear(LinearAdapterLayer):
     """A frozen ``nn.Linear`` with a bottleneck adapter, serial (on its output) or parallel (eq. 7).
 
     ``adapter_down`` (``nn.Linear(d_f, m)``, Kaiming-uniform) and ``adapter_up`` (``nn.Linear(m, d_out)``,
@@ -125,14 +125,6 @@ class BottleneckAdapterLinear(AdapterLayer):
             nn.init.zeros_(self.adapter_down.bias)
             nn.init.zeros_(self.adapter_up.weight)
             nn.init.zeros_(self.adapter_up.bias)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def adapter(self, h: torch.Tensor) -> torch.Tensor:
         """``s (U σ(D h + c) + e)`` in the adapter dtype."""

@@ -30,8 +30,8 @@ from torch import nn
 
 from lorakit.atomic import unchanged_on_error
 from lorakit.family._apply import CONFIG_ATTR, family_config, layers_of, refuse_family_model
-from lorakit.family.config import check_bool, check_targets, read_peft_dict
-from lorakit.layers import AdapterLayer
+from lorakit.family.config import adapter_dtype, check_bool, check_targets, read_peft_dict
+from lorakit.layers import LinearAdapterLayer
 from lorakit.lora import MergeWarning
 from lorakit.peft import check_model, select_target_modules, set_submodule
 
@@ -70,7 +70,7 @@ class BitFitConfig:
             raise ValueError(f"{source}: {err}") from None
 
 
-class BiasLinear(AdapterLayer):
+class BiasLinear(LinearAdapterLayer):
     """A frozen bias-free ``nn.Linear`` plus a trainable bias, initialised to zero: ``h = W x + b``.
 
     ``merge()`` gives the base layer that bias (so ``merge_and_unload`` returns a plain biased ``nn.Linear``).
@@ -88,17 +88,8 @@ class BiasLinear(AdapterLayer):
         for p in base.parameters():
             p.requires_grad_(False)
         w = base.weight
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
-        self.bias = nn.Parameter(torch.zeros(base.out_features, device=w.device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(base.out_features, device=w.device, dtype=adapter_dtype(w)))
         self.merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)

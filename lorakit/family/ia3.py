@@ -33,18 +33,14 @@ import torch
 from torch import nn
 
 from lorakit.family._apply import CONFIG_ATTR, adapt_modules, family_config, layers_of, refuse_family_model
-from lorakit.family.config import check_bool, check_targets, read_peft_dict
-from lorakit.layers import AdapterLayer
+from lorakit.family.config import adapter_dtype, check_bool, check_targets, read_peft_dict
+from lorakit.layers import LinearAdapterLayer
 from lorakit.lora import MergeWarning
 from lorakit.peft import check_model, select_target_modules
 
 __all__ = ["IA3Config", "IA3Linear", "apply_ia3", "ia3_layers"]
 
 PEFT_TYPE = "IA3"
-
-
-def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
-    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
 
 @dataclass
@@ -93,7 +89,7 @@ class IA3Config:
             raise ValueError(f"{source}: {err}") from None
 
 
-class IA3Linear(AdapterLayer):
+class IA3Linear(LinearAdapterLayer):
     """A frozen ``nn.Linear`` whose output (or, ``is_feedforward=True``, input) is scaled by ``ia3_l`` (eq. 5).
 
     ``ia3_l`` has PEFT's shape: ``[out, 1]`` (output scaling) or ``[1, in]`` (input scaling), initialised to 1
@@ -113,17 +109,9 @@ class IA3Linear(AdapterLayer):
             p.requires_grad_(False)
         self.is_feedforward = is_feedforward
         shape = (1, base.in_features) if is_feedforward else (base.out_features, 1)
-        factory = {"device": base.weight.device, "dtype": _adapter_dtype(base.weight)}
+        factory = {"device": base.weight.device, "dtype": adapter_dtype(base.weight)}
         self.ia3_l = nn.Parameter(torch.ones(shape, **factory) if init_ia3_weights else torch.randn(shape, **factory))
         self.merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

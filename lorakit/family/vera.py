@@ -45,7 +45,7 @@ from lorakit.family.config import (
     check_targets,
     read_peft_dict,
 )
-from lorakit.layers import AdapterLayer
+from lorakit.layers import LinearAdapterLayer
 from lorakit.lora import MergeWarning
 from lorakit.peft import check_model, select_target_modules, set_submodule
 
@@ -135,7 +135,7 @@ class VeRAProjections(nn.Module):
         self.register_buffer("vera_B", B)
 
 
-class VeRALinear(AdapterLayer):
+class VeRALinear(LinearAdapterLayer):
     """A frozen ``nn.Linear`` plus ``Λ_b B Λ_d A`` with shared frozen A, B (module docstring, eq. 3).
 
     Trainable: ``vera_lambda_d [r]`` (init ``d_initial``) and ``vera_lambda_b [out]`` (init 0), PEFT's names;
@@ -167,14 +167,6 @@ class VeRALinear(AdapterLayer):
         self.vera_lambda_b = nn.Parameter(torch.zeros(base.out_features, **factory))
         self.vera_lambda_d = nn.Parameter(torch.full((self.r,), d_initial, **factory))
         self.merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def sliced_projections(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``A[:, :in]`` and ``B[:out, :]``: this layer's part of the shared pair (PEFT slices the same way)."""

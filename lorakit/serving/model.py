@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lorakit.atomic import unchanged_on_error
-from lorakit.layers import AdapterLayer, adapted_owner, adapter_layers
+from lorakit.layers import LinearAdapterLayer, adapted_owner, adapter_layers
 from lorakit.peft.targets import check_model, set_submodule
 from lorakit.serving.bank import AdapterBank
 from lorakit.serving.kernels import check_backend, check_kernel
@@ -35,7 +35,7 @@ class _BatchContext:
         self.kernel, self.backend = kernel, backend
 
 
-class BatchedLoRALinear(AdapterLayer):
+class BatchedLoRALinear(LinearAdapterLayer):
     """A frozen ``nn.Linear`` plus the bank's adapters, one per batch row (made by :class:`MultiLoRAModel`)."""
 
     adapter_kind = "multi-LoRA serving"
@@ -46,14 +46,6 @@ class BatchedLoRALinear(AdapterLayer):
         self.layer_name = layer_name
         self.bank = bank
         self.context = context
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.context.plan
