@@ -72,9 +72,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/family.py
 	$(BIN)/python bench/kernels.py
 
-## Regenerate the stored experiment results (data/results/*.json): every scripts/results_*.py, in order.
-## Long (see README for the wall times); one script: make results RESULTS=scripts/results_nb03_lr_sweep.py
-RESULT_SCRIPTS := $(sort $(wildcard scripts/results_*.py))
+## Regenerate the stored experiment results (data/results/*.json): every scripts/results_*.py, in order, then
+## the capstone (scripts/capstone.py). Long (see README for the wall times); one script:
+## make results RESULTS=scripts/results_nb03_lr_sweep.py
+RESULT_SCRIPTS := $(sort $(wildcard scripts/results_*.py)) scripts/capstone.py
 results: $(STAMP)
 	for s in $(or $(RESULTS),$(RESULT_SCRIPTS)); do echo "== $$s"; $(BIN)/python $$s || exit 1; done
 

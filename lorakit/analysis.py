@@ -91,7 +91,7 @@ def _rank_arg(r: object, name: str = "r") -> int:
 
 
 def singular_values(matrix: Tensor) -> Tensor:
-    """The singular values of a 2-D ``matrix``, float64, descending, on its device (notebook 09, section 5)."""
+    """The singular values of a 2-D ``matrix``, float64, descending, on its device (notebooks 09 §7, 11 §4)."""
     return torch.linalg.svdvals(_matrix(matrix, "matrix"))
 
 

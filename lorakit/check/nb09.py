@@ -16,7 +16,7 @@ from lorakit.dora import dora_weight_norm, magnitude_direction_change
 __all__ = ["Q6_SINGULAR_VALUES", "q1", "q2", "q3", "q4", "q5", "q6", "dora_trainable_parameters",
            "dora_weight_reference"]
 
-#: 09.6: the singular values of an update dW (notebook 09, section 5): how many directions hold 90 % of ||dW||^2?
+#: 09.6: the singular values of an update dW (notebook 09, section 7): how many directions hold 90 % of ||dW||^2?
 Q6_SINGULAR_VALUES = (4.0, 2.0, 1.5, 1.0, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 

@@ -11,6 +11,8 @@ compute the very same numbers, and the notebook can assert that they agree.
 * :mod:`~lorakit.sweeps.records`: reading a sweep: :func:`steps_to` (steps to a threshold: the task has a phase
   transition), :func:`value_at`, :func:`arm_of`, :func:`select`, :func:`per_seed`, :func:`lr_table`,
   :func:`best_lr` (each arm at its own best learning rate);
+* :mod:`~lorakit.sweeps.forgetting`: what a run lost and how it generalised (notebook 03, section 6):
+  :func:`forgetting` (drop of a pretrained task from its step-0 value), :func:`tradeoff`, :func:`generalisation_gap`;
 * :mod:`~lorakit.sweeps.plots`: every seed as a faint line and their mean (:func:`plot_seed_curves`);
 * :mod:`~lorakit.sweeps.store`: the command line of the `scripts/results_nb0*` sweeps (run, time, store);
 * :mod:`~lorakit.sweeps.teacher_student`: notebook 03's one-layer task with a full-rank target, for rank x
@@ -28,6 +30,7 @@ from lorakit.sweeps.course import (
     finetune,
     sweep,
 )
+from lorakit.sweeps.forgetting import forgetting, generalisation_gap, tradeoff
 from lorakit.sweeps.plots import plot_seed_curves
 from lorakit.sweeps.records import (
     arm_of,
@@ -52,8 +55,9 @@ from lorakit.sweeps.teacher_student import (
 )
 
 __all__ = [
-    "METHODS", "METRICS", "STARTS", "CourseTasks", "RunConfig", "arm_of", "best_lr", "best_rank_r_loss",
-    "build_model", "course_tasks", "describe_steps", "final_value", "finetune", "lr_table", "max_rebound", "per_seed",
-    "plot_seed_curves", "population_loss", "run_sweep_script", "select", "steps_by_seed", "steps_to", "sweep",
-    "teacher_student_layer", "teacher_student_run", "teacher_student_task", "value_at",
+    "CourseTasks", "METHODS", "METRICS", "RunConfig", "STARTS", "arm_of", "best_lr", "best_rank_r_loss",
+    "build_model", "course_tasks", "describe_steps", "final_value", "finetune", "forgetting", "generalisation_gap",
+    "lr_table", "max_rebound", "per_seed", "plot_seed_curves", "population_loss", "run_sweep_script", "select",
+    "steps_by_seed", "steps_to", "sweep", "teacher_student_layer", "teacher_student_run", "teacher_student_task",
+    "tradeoff", "value_at",
 ]
