@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import load_script
 from torch import nn
 
 from lorakit.capstone import (
@@ -62,11 +63,7 @@ def test_shipped_lexicon_matches_the_package():
 
 
 def test_prepare_script_names_the_missing_package(monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import prepare_vader_lexicon
-    finally:
-        sys.path.pop(0)
+    prepare_vader_lexicon = load_script("prepare_vader_lexicon.py")
     monkeypatch.setitem(sys.modules, "vaderSentiment", None)
     with pytest.raises(SystemExit, match="pip install vaderSentiment"):
         prepare_vader_lexicon.package_lexicon()

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
+from builders import load_script
 
 from lorakit.results import load_results
 from lorakit.sweeps import STARTS, RunConfig, course_tasks, finetune
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("results_nb02_init", ROOT / "scripts" / "results_nb02_init.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +20,7 @@ def stored():
 
 
 def test_script_configs_are_valid_and_cover_the_grid():
-    script = _script()
+    script = load_script("results_nb02_init.py")
     assert set(script.STARTS) <= set(STARTS)
     assert len(script.SEEDS) >= 3 and len(script.LRS) >= 3
     assert len(script.CONFIGS) == len(script.STARTS) * len(script.LRS) * len(script.SEEDS)
@@ -38,7 +31,7 @@ def test_script_configs_are_valid_and_cover_the_grid():
 
 
 def test_stored_file_is_the_scripts_sweep(stored):
-    script = _script()
+    script = load_script("results_nb02_init.py")
     records = stored["results"]["records"]
     assert [RunConfig(**rec["config"]) for rec in records] == script.CONFIGS  # the same runs, in the same order
     seeds = sorted({rec["config"]["seed"] for rec in records})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from builders import load_script
 
 from lorakit.results import load_results
 from lorakit.sweeps import RunConfig, arm_of, best_lr, course_tasks, finetune, select
@@ -71,15 +71,8 @@ def test_on_a_real_run():
         generalisation_gap(finetune(RunConfig(steps=1), course_tasks(n_train=8, n_eval=4))[1])
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("nb03_lvf", ROOT / "scripts" / "results_nb03_lora_vs_full.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_stored_run_matches_the_script():
-    script = load_script()
+    script = load_script("results_nb03_lora_vs_full.py")
     stored = load_results(script.NAME)
     res = stored["results"]
     assert stored["provenance"]["seeds"] == list(script.SEEDS)

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from builders import load_script
 
 from lorakit.results import load_results
 from lorakit.sweeps.dora_runs import TrackedRun, arm_label, best_lrs, tracked_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("results_nb09_dora", ROOT / "scripts" / "results_nb09_dora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +21,7 @@ def stored():
 
 
 def test_stored_file_is_the_scripts_sweep(stored):
-    script, res = _script(), stored["results"]
+    script, res = load_script("results_nb09_dora.py"), stored["results"]
     records = res["records"]
     assert stored["provenance"]["seeds"] == list(script.SEEDS) and len(script.SEEDS) >= 3
     assert stored["provenance"]["wall_seconds"] > 0 and "torch" in stored["provenance"]["versions"]

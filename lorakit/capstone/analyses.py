@@ -32,6 +32,7 @@ from lorakit.analysis import (
     subspace_similarity,
 )
 from lorakit.peft import lora_layers
+from lorakit.results import spread
 
 __all__ = ["amplification", "best_lr", "lora_factors", "md_points", "mean_spread", "spectrum_summary",
            "subspace_grid"]
@@ -120,13 +121,9 @@ def md_points(checkpoints: Mapping[int, Mapping[str, Tensor]], step0: int = 0) -
 
 
 def mean_spread(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    xs = [float(v) for v in values]
-    if not xs:
-        raise ValueError("values must not be empty")
-    mean = sum(xs) / len(xs)
-    spread = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return mean, spread
+    """Mean and sample standard deviation (0 for one value): :func:`lorakit.results.spread`'s two numbers."""
+    summary = spread(values)
+    return summary["mean"], summary["std"]
 
 
 def best_lr(records: Iterable[dict], arm: str, seed: int = 0) -> float:
